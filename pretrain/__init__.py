@@ -1,0 +1,1 @@
+"""pretrain: the compact pretraining module that produces the SmolLM3-style base model."""
