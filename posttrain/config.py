@@ -65,7 +65,9 @@ def _split_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")  # list[int] (a generic's __name__ would say just "list")
 
 
 def _fits(value, tp) -> tuple[bool, Any]:
@@ -86,6 +88,8 @@ def _fits(value, tp) -> tuple[bool, Any]:
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str) and "," in value:  # `--lora_target_modules q_proj,v_proj`
             value = [v.strip() for v in value.split(",")]
+        elif isinstance(value, (str, int, float)):  # one item, as argparse's nargs="+" reads `--key v`
+            value = [value]
         if not isinstance(value, (list, tuple)):
             return False, value
         args = typing.get_args(tp)

@@ -1,0 +1,608 @@
+"""Datasets for every stage (issue #4): adapters from the recipe's `datasets` sources to `datasets.Dataset`s in
+TRL's conversational formats, with every user row validated before a trainer starts.
+
+A recipe's `datasets` is a list of sources, each a mapping:
+  name    arithmetic | gsm8k | gsm8k_pairs | math500 | messages | preferences | prompts
+  path    a jsonl file (gsm8k, gsm8k_pairs and math500 default to ../shared/data/..., relative to the CWD)
+  split   train | validation | test (arithmetic; gsm8k: train | test), default train
+  rows    cap on rows read (arithmetic: how many problems to generate, required)
+  weight  the source's share of the mixture (give it on every source or none)
+  levels  arithmetic levels, default [1, 2, 3]
+  seed    default: the loader's seed
+
+Modes. A row is /think or /no_think. User rows with a `mode` column keep it; rows that carry reasoning and no
+`mode` may go either way, and enough of them are made /no_think (their reasoning dropped, the final answer
+kept) to bring the /no_think share to `no_think_fraction`; rows without reasoning are /no_think (a /think
+turn without a trace would teach the model to skip thinking). SFT and DPO rows carry the mode as a per-row
+`chat_template_kwargs` column, which TRL passes to `apply_chat_template`; GRPO cannot, so RLVR/evaluation
+prompts carry it as a system message that is exactly "/think" or "/no_think" (the template honours the flag).
+
+Reasoning travels in an assistant message's `reasoning_content` (the template writes it into the think
+block), so deriving the /no_think version is dropping one field. The one exception is a rejected /no_think
+answer that thinks on purpose: the template ignores `reasoning_content` in /no_think, so that think block
+sits in the content.
+
+Why jsonl is parsed here and not with `load_dataset("json")`: errors must name the 1-based line and the
+field, and Arrow's schema inference fails on mixed types with messages that name neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from datasets import Dataset, Features, List, Value, concatenate_datasets
+
+from posttrain import task
+from posttrain.chat_template import THINK_CLOSE, THINK_OPEN
+from posttrain.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(UserError):
+    """Bad data or a bad `datasets` source: one line naming the file, row and field (or the recipe key)."""
+
+
+ROLES = ("system", "user", "assistant", "tool")
+MODES = task.MODES
+SHARED = "../shared/data"
+DEFAULT_PATHS = {
+    ("gsm8k", "train"): f"{SHARED}/gsm8k/train.jsonl",
+    ("gsm8k", "test"): f"{SHARED}/gsm8k/test.jsonl",
+    ("gsm8k_pairs", None): f"{SHARED}/gsm8k/example_model_solutions.jsonl",
+    ("math500", None): f"{SHARED}/math/math500_test.jsonl",
+}
+USER_FILES = ("messages", "preferences", "prompts")  # names whose `path` is required
+
+TURN = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
+MESSAGE = {"role": Value("string"), "content": Value("string")}
+MODE_KWARGS = {"enable_thinking": Value("bool")}
+CONVERSATION = Features({"messages": List(TURN), "mode": Value("string")})
+PREFERENCE = Features({"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string")})
+PROMPT = Features(
+    {"prompt": List(MESSAGE), "answer": Value("string"), "mode": Value("string"), "level": Value("int64"),
+     "source": Value("string")}
+)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: str | None = None
+    split: str = "train"
+    rows: int | None = None
+    weight: float | None = None
+    levels: tuple[int, ...] = (1, 2, 3)
+    seed: int | None = None
+
+
+def parse_sources(sources, allowed: Iterable[str]) -> list[Source]:
+    """Check the recipe's `datasets` list; errors name the entry and key (`datasets[1].weight`)."""
+    allowed = tuple(allowed)
+    if not isinstance(sources, (list, tuple)) or not sources:
+        raise DataError("recipe key 'datasets': must be a non-empty list of sources ({name: ..., ...})")
+    keys = [f.name for f in fields(Source)]
+    parsed = []
+    for i, spec in enumerate(sources):
+        at = f"recipe key datasets[{i}]"
+        if not isinstance(spec, dict):
+            raise DataError(f"{at}: must be a mapping like {{name: gsm8k, rows: 200}}")
+        for key in spec:
+            if key not in keys:
+                raise DataError(f"{at}.{key}: unknown key (known: {', '.join(keys)})")
+        name = spec.get("name")
+        if name not in allowed:
+            raise DataError(f"{at}.name: {name!r} is not one of {', '.join(allowed)} (for this stage)")
+
+        def check(key, ok, what):
+            if key in spec and not ok(spec[key]):
+                raise DataError(f"{at}.{key}: must be {what}, got {spec[key]!r}")
+
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        check("path", lambda v: isinstance(v, str) and v, "a file path")
+        check("split", lambda v: v in task.SPLITS, " | ".join(task.SPLITS))
+        check("rows", lambda v: is_int(v) and v > 0, "a positive integer")
+        check("weight", lambda v: (is_int(v) or isinstance(v, float)) and v > 0, "a positive number")
+        check("levels", lambda v: isinstance(v, list) and v and all(is_int(x) and 1 <= x <= task.MAX_LEVEL for x in v),
+              f"a list of levels (1..{task.MAX_LEVEL})")
+        check("seed", is_int, "an integer")
+        for key, applies in (("levels", ("arithmetic",)), ("split", ("arithmetic", "gsm8k"))):
+            if key in spec and name not in applies:
+                raise DataError(f"{at}.{key}: applies to {' and '.join(applies)} only, not {name}")
+        if name == "arithmetic" and "rows" not in spec:
+            raise DataError(f"{at}.rows: arithmetic needs rows (how many problems to generate)")
+        source = Source(**{**spec, "levels": tuple(spec.get("levels", Source.levels))})
+        if source.path is None:
+            key = (name, source.split if name == "gsm8k" else None)
+            if name in USER_FILES:
+                raise DataError(f"{at}.path: {name} needs a path to a jsonl file")
+            if name == "gsm8k" and key not in DEFAULT_PATHS:
+                raise DataError(f"{at}.split: gsm8k has train and test files; give a path for {source.split!r}")
+            source = replace(source, path=DEFAULT_PATHS.get(key))
+        parsed.append(source)
+    weighted = [s.weight is not None for s in parsed]
+    if any(weighted) and not all(weighted):
+        raise DataError(f"recipe key datasets[{weighted.index(False)}].weight: give a weight on every source or none")
+    return parsed
+
+
+def read_jsonl(path: str, rows: int | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) for the first `rows` JSON objects of a jsonl file; `where` is "path: row N" (1-based line)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: data file not found (relative paths start at {Path.cwd()})")
+    taken = 0
+    with open(path, encoding="utf-8") as fh:
+        line_no = 0
+        while rows is None or taken < rows:
+            where = f"{path}: row {line_no + 1}"
+            try:
+                line = fh.readline()
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: not UTF-8 text") from None
+            if not line:
+                return
+            line_no += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a row must be a JSON object")
+            taken += 1
+            yield where, row
+
+
+def _string(row: dict, where: str, field: str, label: str | None = None) -> str:
+    """`row[field]` as a non-empty string (numbers are written out); errors name `label` or the field."""
+    value = row.get(field)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{label or field}': missing or not a non-empty string")
+    return value
+
+
+def _mode(row: dict, where: str) -> str | None:
+    mode = row.get("mode")
+    if mode is not None and mode not in MODES:
+        raise DataError(f"{where}: field 'mode': must be think or no_think, got {mode!r}")
+    return mode
+
+
+# ------------------------------------------------------------------------------------------- messages
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """`<think>\\nR\\n</think>\\nA` -> (R, A); text without a think block -> (None, text)."""
+    if THINK_OPEN not in text and THINK_CLOSE not in text:
+        return None, text
+    match = re.fullmatch(rf"\s*{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}\s*(.*)", text, flags=re.DOTALL)
+    if not match or THINK_OPEN in match.group(2) or THINK_CLOSE in match.group(2):
+        raise ValueError(f"malformed think block (expected {THINK_OPEN}...{THINK_CLOSE} then the answer)")
+    return match.group(1).strip(), match.group(2)
+
+
+def _turn(role: str, content: str, reasoning: str | None = None) -> dict:
+    return {"role": role, "content": content, "reasoning_content": reasoning}
+
+
+def parse_messages(value, where: str, field: str = "messages", need_assistant: bool = True) -> list[dict]:
+    """Validate a message list and normalise it to {role, content, reasoning_content}, a think block in an
+    assistant's content moved to `reasoning_content` (other message keys are not used by the template)."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}': must be a non-empty list of {{role, content}} messages")
+    turns = []
+    for i, message in enumerate(value):
+        at = f"{where}: field '{field}[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(f"{at}': must be an object with role and content")
+        role, content, reasoning = message.get("role"), message.get("content"), message.get("reasoning_content")
+        if role not in ROLES:
+            raise DataError(f"{at}.role': unknown role {role!r} (allowed: {', '.join(ROLES)})")
+        if not isinstance(content, str):
+            raise DataError(f"{at}.content': must be a string, got {type(content).__name__}")
+        if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+            raise DataError(f"{at}.reasoning_content': must be a string on an assistant message")
+        if role == "assistant":
+            try:
+                inline, content = split_think(content)
+            except ValueError as e:
+                raise DataError(f"{at}.content': {e}") from None
+            if inline is not None and reasoning:
+                raise DataError(f"{at}.content': both reasoning_content and a {THINK_OPEN} block")
+            reasoning = (inline if inline is not None else reasoning or "").strip() or None
+            if not content.strip():
+                raise DataError(f"{at}.content': empty assistant content (no answer after the reasoning)")
+        turns.append(_turn(role, content, reasoning))
+    if need_assistant and not any(t["role"] == "assistant" for t in turns):
+        raise DataError(f"{where}: field '{field}': no assistant turn")
+    return turns
+
+
+def _check_mode(turns: list[dict], mode: str | None, where: str, field: str, require_reasoning: bool) -> str | None:
+    """The row's mode: given, or None (either) when its assistant turns reason, else no_think. Raises on a
+    reasoning /no_think turn, and with `require_reasoning` on a turn that may train /think without reasoning."""
+    assistant = [(i, t) for i, t in enumerate(turns) if t["role"] == "assistant"]
+    if mode == "no_think":
+        for i, t in assistant:
+            if t["reasoning_content"]:
+                raise DataError(f"{where}: field '{field}[{i}].content': a {THINK_OPEN} block in a /no_think answer")
+        return mode
+    if mode is None and not any(t["reasoning_content"] for _, t in assistant):
+        return "no_think"
+    if require_reasoning:
+        for i, t in assistant:
+            if not t["reasoning_content"]:
+                raise DataError(f"{where}: field '{field}[{i}]': /think assistant turn without reasoning")
+    return mode
+
+
+# ------------------------------------------------------------------------------------- modes & mixing
+
+
+def _check_fraction(no_think_fraction: float) -> None:
+    if not 0.0 <= no_think_fraction <= 1.0:
+        raise DataError(f"recipe key 'no_think_fraction': must be between 0 and 1, got {no_think_fraction!r}")
+
+
+def assign_modes(modes: Sequence[str | None], no_think_fraction: float, seed: int) -> list[str]:
+    """Fill the None (either-way) modes so that the /no_think share is as close to the fraction as the
+    fixed rows allow; a seeded sample picks which rows."""
+    flexible = [i for i, m in enumerate(modes) if m is None]
+    target = round(no_think_fraction * len(modes))
+    fixed_no_think = sum(m == "no_think" for m in modes)
+    k = min(max(target - fixed_no_think, 0), len(flexible))
+    no_think = set(random.Random(seed).sample(flexible, k))
+    out = [m or ("no_think" if i in no_think else "think") for i, m in enumerate(modes)]
+    got = out.count("no_think")
+    if got != target:
+        logger.warning(
+            "no_think_fraction %.2f asks for %d /no_think rows of %d; the rows' own modes allow %d",
+            no_think_fraction, target, len(out), got,
+        )
+    return out
+
+
+def _apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Integer counts summing to `total`, proportional to `weights` (largest remainder)."""
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def mix(datasets_with_weights: Sequence[tuple[Dataset, float]], total_rows: int, seed: int) -> Dataset:
+    """`total_rows` rows with each dataset's share exactly its weight's share, a dataset repeated (each row
+    the same number of times, ±1) when its share exceeds its size, shuffled. `interleave_datasets` draws
+    sources at random and stops when one runs out, so it can hit neither the shares nor the total exactly."""
+    counts = _apportion(total_rows, [w for _, w in datasets_with_weights])
+    parts = []
+    for (ds, _), k in zip(datasets_with_weights, counts):
+        if k and not len(ds):
+            raise DataError("mixture: an empty dataset cannot fill a share")
+        if k > len(ds):
+            logger.info("mixture: %d rows repeated to fill a share of %d", len(ds), k)
+        shuffled = ds.shuffle(seed=seed)
+        parts.append(shuffled.select([i % len(ds) for i in range(k)]))
+    return concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
+
+
+Adapter = Callable[[Source], Iterable[dict]]
+
+
+def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: int) -> Dataset:
+    parts = []
+    for source in parse_sources(sources, adapters):
+        ds = Dataset.from_list(list(adapters[source.name](source)), features=features)
+        if not len(ds):
+            raise DataError(f"{source.path or source.name}: no rows")
+        parts.append((source, ds))
+    if parts[0][0].weight is None:
+        return concatenate_datasets([ds for _, ds in parts])
+    return mix([(ds, s.weight) for s, ds in parts], sum(len(ds) for _, ds in parts), seed)
+
+
+def _with_modes(ds: Dataset, no_think_fraction: float, seed: int) -> Dataset:
+    modes = assign_modes(list(ds["mode"]), no_think_fraction, seed)
+    return ds.remove_columns("mode").add_column("mode", modes)
+
+
+def _drop_reasoning(turns: list[dict], think: bool) -> list[dict]:
+    return turns if think else [{**t, "reasoning_content": None} for t in turns]
+
+
+# -------------------------------------------------------------------------------------------- adapters
+
+
+def _source_seed(source: Source, seed: int) -> int:
+    return seed if source.seed is None else source.seed
+
+
+def _problems(source: Source, seed: int) -> list[task.Problem]:
+    return task.generate(source.split, source.rows, seed=_source_seed(source, seed), levels=source.levels)
+
+
+def _boxed_sentence(answer: str) -> str:
+    return f"The answer is \\boxed{{{answer}}}."
+
+
+def _final_number(text: str, marker: str) -> str | None:
+    """The number on the last line after `marker` ("####" in GSM8K, "A:" in its model solutions)."""
+    last = text.strip().splitlines()[-1] if text.strip() else ""
+    if not last.startswith(marker):
+        return None
+    number = last[len(marker):].strip().replace(",", "")
+    return number if re.fullmatch(r"-?\d+(\.\d+)?", number) else None
+
+
+def _clean_solution(text: str) -> str:
+    """A GSM8K solution without its `<<48/2=24>>` calculator notes and final answer line."""
+    return re.sub(r"<<[^>]*>>", "", "\n".join(text.strip().splitlines()[:-1])).strip()
+
+
+def _gsm8k_rows(source: Source) -> Iterator[tuple[str, str, str, str]]:
+    """(where, question, cleaned solution, answer) for GSM8K rows."""
+    for where, row in read_jsonl(source.path, source.rows):
+        question, solution = _string(row, where, "question"), _string(row, where, "answer")
+        answer = _final_number(solution, "####")
+        if answer is None:
+            raise DataError(f"{where}: field 'answer': no final '#### N' line")
+        yield where, question, _clean_solution(solution), answer
+
+
+def _arithmetic_conversations(source: Source, seed: int) -> Iterator[dict]:
+    for p in _problems(source, seed):
+        reply = _turn("assistant", task.completion(p, "no_think"), p.reasoning)
+        yield {"messages": [_turn("user", p.question), reply], "mode": None}
+
+
+def _gsm8k_conversations(source: Source) -> Iterator[dict]:
+    for _, question, reasoning, answer in _gsm8k_rows(source):
+        reply = _turn("assistant", _boxed_sentence(answer), reasoning)
+        yield {"messages": [_turn("user", question), reply], "mode": None}
+
+
+def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dict]:
+    for where, row in read_jsonl(source.path, source.rows):
+        if "messages" not in row:
+            raise DataError(f"{where}: field 'messages': missing")
+        turns = parse_messages(row["messages"], where)
+        yield {"messages": turns, "mode": _check_mode(turns, _mode(row, where), where, "messages", require_reasoning)}
+
+
+def _arithmetic_pairs(source: Source, seed: int, no_think_fraction: float) -> Iterator[dict]:
+    """Half the pairs: right vs plausibly wrong answer; half: right vs the mode broken (a think block in
+    /no_think, no reasoning in /think). Modes are fixed here, since what is rejected depends on them."""
+    seed = _source_seed(source, seed)
+    problems = _problems(source, seed)
+    rng = random.Random(f"{seed}/pairs")
+    for p, mode in zip(problems, assign_modes([None] * len(problems), no_think_fraction, seed)):
+        think, boxed = mode == "think", task.completion(p, "no_think")
+        chosen = _turn("assistant", boxed, p.reasoning if think else None)
+        if rng.random() < 0.5:
+            rejected = {**chosen, "content": f"\\boxed{{{task.wrong_answer(p, rng)}}}"}
+        elif think:
+            rejected = _turn("assistant", boxed)
+        else:
+            rejected = _turn("assistant", task.completion(p, "think"))
+        yield {"prompt": [_turn("user", p.question)], "chosen": [chosen], "rejected": [rejected], "mode": mode}
+
+
+def _gsm8k_pairs(source: Source) -> Iterator[dict]:
+    """GSM8K model solutions (`example_model_solutions.jsonl`): each right solution against each wrong one
+    of the same question, when both end in an `A: N` line with different answers. These are TEST questions:
+    never evaluate on GSM8K test after training on them."""
+    for where, row in read_jsonl(source.path, source.rows):
+        question = _string(row, where, "question")
+        right, wrong = [], []
+        for key, value in row.items():
+            if key in ("question", "ground_truth"):
+                continue
+            if not isinstance(value, dict) or not isinstance(value.get("is_correct"), bool):
+                raise DataError(f"{where}: field '{key}': must be {{is_correct: bool, solution: str}}")
+            solution = _string(value, where, "solution", f"{key}.solution")
+            answer = _final_number(solution, "A:")
+            if answer is not None:  # a few solutions ran out of tokens before answering
+                turn = _turn("assistant", _boxed_sentence(answer), _clean_solution(solution))
+                (right if value["is_correct"] else wrong).append((answer, turn))
+        for good, chosen in right:
+            for bad, rejected in wrong:
+                if good != bad:
+                    prompt = [_turn("user", question)]
+                    yield {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "mode": None}
+
+
+def _completion_field(row: dict, where: str, field: str) -> list[dict]:
+    value = row.get(field)
+    if isinstance(value, str):
+        value = [{"role": "assistant", "content": value}]
+    turns = parse_messages(value, where, field)
+    if len(turns) != 1 or turns[0]["role"] != "assistant":
+        raise DataError(f"{where}: field '{field}': must be one assistant message (or a string)")
+    return turns
+
+
+def _prompt_field(row: dict, where: str, reserved_system: bool = False) -> list[dict]:
+    value = row.get("prompt")
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    turns = parse_messages(value, where, "prompt", need_assistant=False)
+    if turns[-1]["role"] not in ("user", "tool"):
+        raise DataError(f"{where}: field 'prompt': must end with a user turn")
+    if reserved_system and any(t["role"] == "system" for t in turns):
+        raise DataError(f"{where}: field 'prompt': no system message (it carries the /think or /no_think flag)")
+    return turns
+
+
+def _user_pairs(source: Source) -> Iterator[dict]:
+    """User pairs keep their mode: `mode` if given, else /think when the chosen answer reasons. They are
+    not re-derived, since a pair's point usually lies in its reasoning."""
+    for where, row in read_jsonl(source.path, source.rows):
+        prompt = _prompt_field(row, where)
+        chosen, rejected = _completion_field(row, where, "chosen"), _completion_field(row, where, "rejected")
+        if chosen == rejected:
+            raise DataError(f"{where}: field 'rejected': same as 'chosen'")
+        mode = _mode(row, where) or ("think" if chosen[0]["reasoning_content"] else "no_think")
+        _check_mode(chosen, mode, where, "chosen", require_reasoning=False)
+        if mode == "no_think" and rejected[0]["reasoning_content"]:  # the template ignores reasoning_content here
+            reasoning, answer = rejected[0]["reasoning_content"], rejected[0]["content"]
+            rejected = [_turn("assistant", f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{answer}")]
+        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected, "mode": mode}
+
+
+def _prompt_row(prompt: str | list[dict], answer: str, level: int, source: str, mode: str | None = None) -> dict:
+    """A prompt row before its mode is known; a string prompt is one user turn."""
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return {"prompt": prompt, "answer": answer, "mode": mode, "level": level, "source": source}
+
+
+def _arithmetic_prompts(source: Source, seed: int) -> Iterator[dict]:
+    for p in _problems(source, seed):
+        yield _prompt_row(p.question, p.answer, p.level, "arithmetic")
+
+
+def _gsm8k_prompts(source: Source) -> Iterator[dict]:
+    for _, question, _, answer in _gsm8k_rows(source):
+        yield _prompt_row(question, answer, 0, "gsm8k")
+
+
+def _math500_prompts(source: Source) -> Iterator[dict]:
+    for where, row in read_jsonl(source.path, source.rows):
+        yield _prompt_row(_string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
+
+
+def _user_prompts(source: Source) -> Iterator[dict]:
+    """User prompts: `prompt` (a string or user/assistant/tool messages), `answer`, optional `mode`;
+    the file's stem is the `source` label."""
+    for where, row in read_jsonl(source.path, source.rows):
+        prompt = [{"role": t["role"], "content": t["content"]} for t in _prompt_field(row, where, reserved_system=True)]
+        yield _prompt_row(prompt, _string(row, where, "answer"), 0, Path(source.path).stem, _mode(row, where))
+
+
+# ----------------------------------------------------------------------------------------------- loaders
+
+
+def load_conversations(sources, *, no_think_fraction: float, seed: int, require_reasoning: bool = False) -> Dataset:
+    """SFT / mid-training rows: `messages`, `chat_template_kwargs` ({"enable_thinking": bool}), `mode`.
+    Sources: arithmetic, gsm8k, messages (user jsonl with `messages`, optional `reasoning_content` or
+    `<think>` blocks in assistant turns, optional `mode`)."""
+    _check_fraction(no_think_fraction)
+    adapters = {
+        "arithmetic": functools.partial(_arithmetic_conversations, seed=seed),
+        "gsm8k": _gsm8k_conversations,
+        "messages": functools.partial(_user_conversations, require_reasoning=require_reasoning),
+    }
+    ds = _with_modes(_combine(sources, adapters, CONVERSATION, seed), no_think_fraction, seed)
+
+    def render(row):
+        think = row["mode"] == "think"
+        return {"messages": _drop_reasoning(row["messages"], think), "chat_template_kwargs": {"enable_thinking": think}}
+
+    return ds.map(render, features=Features({**CONVERSATION, "chat_template_kwargs": MODE_KWARGS}))
+
+
+def load_preferences(sources, *, no_think_fraction: float, seed: int) -> Dataset:
+    """DPO rows in TRL's conversational preference format: `prompt` (the user turn), `chosen`, `rejected`
+    (one assistant message each), `chat_template_kwargs`, `mode`. Sources: arithmetic (right vs wrong
+    answer, and mode violations), gsm8k_pairs (right vs wrong model solution), preferences (user jsonl
+    with `prompt`, `chosen`, `rejected` as strings or message lists, optional `mode`)."""
+    _check_fraction(no_think_fraction)
+    adapters = {
+        "arithmetic": functools.partial(_arithmetic_pairs, seed=seed, no_think_fraction=no_think_fraction),
+        "gsm8k_pairs": _gsm8k_pairs,
+        "preferences": _user_pairs,
+    }
+    ds = _with_modes(_combine(sources, adapters, PREFERENCE, seed), no_think_fraction, seed)
+
+    def render(row):
+        think = row["mode"] == "think"
+        return {
+            "chosen": _drop_reasoning(row["chosen"], think),
+            "rejected": _drop_reasoning(row["rejected"], think),
+            "chat_template_kwargs": {"enable_thinking": think},
+        }
+
+    return ds.map(render, features=Features({**PREFERENCE, "chat_template_kwargs": MODE_KWARGS}))
+
+
+def load_prompts(sources, *, no_think_fraction: float, seed: int) -> Dataset:
+    """RLVR and evaluation prompts: `prompt` (a system message that is exactly "/think" or "/no_think",
+    then the question), `answer` (gold, str), `mode`, `level` (arithmetic level, 0 otherwise), `source`.
+    Sources: arithmetic, gsm8k, math500 (`problem`, `answer`), prompts (user jsonl)."""
+    _check_fraction(no_think_fraction)
+    adapters = {
+        "arithmetic": functools.partial(_arithmetic_prompts, seed=seed),
+        "gsm8k": _gsm8k_prompts,
+        "math500": _math500_prompts,
+        "prompts": _user_prompts,
+    }
+    ds = _with_modes(_combine(sources, adapters, PROMPT, seed), no_think_fraction, seed)
+    return ds.map(lambda row: {"prompt": [{"role": "system", "content": f"/{row['mode']}"}] + row["prompt"]})
+
+
+# ----------------------------------------------------------------------------------- length & record
+
+
+def _rendered_length(row: dict, tokenizer) -> int:
+    kwargs = row.get("chat_template_kwargs") or {}
+
+    def length(messages, **extra) -> int:
+        return len(tokenizer.apply_chat_template(messages, return_dict=True, **kwargs, **extra)["input_ids"])
+
+    if "messages" in row:
+        return length(row["messages"])
+    if "chosen" in row:
+        return max(length(row["prompt"] + row["chosen"]), length(row["prompt"] + row["rejected"]))
+    return length(row["prompt"], add_generation_prompt=True)
+
+
+def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "drop") -> tuple[Dataset, dict]:
+    """Rows longer than `max_length` tokens once rendered with the tokenizer's template (per-row
+    `chat_template_kwargs`; preference rows: prompt+chosen and prompt+rejected; prompt rows: the prompt
+    with the generation prompt). policy "drop": drop them and log the count per mode loudly; "error": raise
+    naming the first. Why: TRL truncates such rows and silently drops those whose assistant span is cut
+    away entirely (FACTS.md) -- which once removed every /think row of a run.
+    Returns (dataset, rows dropped per mode)."""
+    if policy not in ("drop", "error"):
+        raise DataError(f"recipe key 'overlong_policy': must be drop or error, got {policy!r}")
+    keep, dropped, total = [], dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0)
+    for i, row in enumerate(dataset):
+        n = _rendered_length(row, tokenizer)
+        total[row["mode"]] += 1
+        if n <= max_length:
+            keep.append(i)
+        elif policy == "error":
+            raise DataError(f"dataset row {i + 1} ({row['mode']}): {n} tokens > max_length {max_length}")
+        else:
+            dropped[row["mode"]] += 1
+    if any(dropped.values()):
+        logger.warning(
+            "DROPPED rows longer than max_length=%d tokens: %d of %d /think rows, %d of %d /no_think rows",
+            max_length, dropped["think"], total["think"], dropped["no_think"], total["no_think"],
+        )
+    return (dataset if len(keep) == len(dataset) else dataset.select(keep)), dropped
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A hash of the dataset's columns and rows, in order: the same data gives the same value in any process
+    (`Dataset._fingerprint` also hashes how the data was made, and is random for some transforms)."""
+    digest = hashlib.sha256(json.dumps(dataset.column_names).encode())
+    for batch in dataset.iter(batch_size=1000):
+        digest.update(json.dumps(batch, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
