@@ -187,10 +187,11 @@ def test_user_pairs_and_trl_dpo_tokenization(tmp_path, tiny_model_dir, tiny_toke
     tokenized = DPOTrainer(model=str(tiny_model_dir), args=args, train_dataset=ds,
                            processing_class=tiny_tokenizer).train_dataset
     decoded = [(tiny_tokenizer.decode(r["chosen_ids"]), tiny_tokenizer.decode(r["rejected_ids"])) for r in tokenized]
-    assert decoded[0] == ("<think>\ntwo and two\n</think>\n4<|im_end|>", "<think>\nhmm\n</think>\n5<|im_end|>")
+    # the SmolLM3 format ends every turn with "<|im_end|>\n"; DPO keeps the newline with the completion
+    assert decoded[0] == ("<think>\ntwo and two\n</think>\n4<|im_end|>\n", "<think>\nhmm\n</think>\n5<|im_end|>\n")
     # /no_think: the template's empty think block is prompt; the rejected answer thinks anyway
     assert tiny_tokenizer.decode(tokenized[1]["prompt_ids"]).endswith("assistant\n<think>\n\n</think>\n")
-    assert decoded[1] == ("6<|im_end|>", "<think>\nthree\n</think>\n6<|im_end|>")
+    assert decoded[1] == ("6<|im_end|>\n", "<think>\nthree\n</think>\n6<|im_end|>\n")
 
 
 # --------------------------------------------------------------------------------------------- prompts
