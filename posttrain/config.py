@@ -47,21 +47,25 @@ def _split_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r} (options are --key value)")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                value, i = argv[i + 1], i + 1
-            else:
-                value = "true"  # a bare flag
+        values = [value] if eq else []
+        while not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            values.append(argv[i + 1])  # `--models a b` gives a list, as argparse's nargs="+"
+            i += 1
         i += 1
         key = key.replace("-", "_")
         if key == "config":
-            config = value
-        else:
-            try:
-                overrides[key] = yaml.safe_load(value)
-            except yaml.YAMLError:
-                overrides[key] = value
+            config = values[0] if values else None
+            continue
+        parsed = [_scalar(v) for v in values] or [True]  # a bare flag
+        overrides[key] = parsed[0] if len(parsed) == 1 else parsed
     return config, overrides
+
+
+def _scalar(value: str):
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def _type_name(tp) -> str:

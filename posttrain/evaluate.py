@@ -1,0 +1,381 @@
+"""`posttrain eval`: how a checkpoint does in each mode -- accuracy (overall, per difficulty level, per
+source), mode adherence, completion length -- and how its lengths drifted since the previous stage.
+
+Every question is asked in BOTH modes (`both_modes`), so /think and /no_think accuracy compare on the same
+questions, level by level: the gap between them is what the hybrid recipe is for. Scoring goes through the
+same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format"`), so "accurate" and
+"adherent" here mean exactly what the RL reward paid for.
+
+Generation is greedy. On CPU (or a GPU without vLLM) it is batched transformers `generate`: prompts sorted by
+length and batched under a token budget so a batch pads little, left padding, KV cache, `inference_mode`. With vLLM installed and CUDA present
+the same token ids go to `vllm.LLM` with the same greedy settings. Both backends hand back raw token ids and
+one function decodes them: the output is cut at `<|im_end|>` and decoded WITHOUT `skip_special_tokens`, which
+would drop think tags where a tokenizer marks them special (the Llama-3 one does); pad tokens are removed
+by id instead.
+
+Reward-hacking monitor: `--baseline prev/eval.json` puts the ratio of mean completion tokens per mode (this
+checkpoint / the baseline) in the result; a ratio past `length_drift_warn` either way is logged as a warning.
+RL that learns to pad, or a penalty that collapses reasoning, shows up here before it shows in accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from datasets import Dataset
+
+from posttrain.chat_template import EOS_TOKEN, attach_template
+from posttrain.config import parse_recipe, recipe_help
+from posttrain.errors import UserError
+from posttrain.task import MODES
+
+logger = logging.getLogger("posttrain")
+
+
+@dataclass
+class EvalArguments:
+    """`posttrain eval` recipe keys."""
+
+    model_name_or_path: str = field(metadata={"help": "Checkpoint directory to evaluate (transformers, safetensors)."})
+    datasets: list[dict] = field(
+        default_factory=lambda: [{"name": "arithmetic", "split": "test", "rows": 100}],
+        metadata={"help": "Prompt sources (posttrain.data: arithmetic, gsm8k, math500, prompts). Every question "
+                  "is asked in both modes, so N questions give 2N completions."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for generated (arithmetic) questions."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per completion."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
+    num_threads: int | None = field(
+        default=1,
+        metadata={"help": "CPU threads for transformers generation (null: torch's default, one per core). Decoding "
+                  "a small model is many tiny ops: on 2 busy cores one thread was 8x faster than two."},
+    )
+    backend: Literal["auto", "transformers", "vllm"] = field(
+        default="auto", metadata={"help": "auto: vLLM when it is installed and CUDA is present, else transformers."}
+    )
+    num_samples: int = field(default=8, metadata={"help": "Completions kept verbatim in the output (the first N)."})
+    baseline: str | None = field(
+        default=None, metadata={"help": "A previous stage's eval JSON: report the mean-length ratio per mode."}
+    )
+    length_drift_warn: float = field(
+        default=1.5, metadata={"help": "Warn when a mode's mean length grew or shrank by more than this factor."}
+    )
+    output_json: str | None = field(default=None, metadata={"help": "Write the result dict here as JSON."})
+    output_md: str | None = field(default=None, metadata={"help": "Write the markdown tables here."})
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+def both_modes(prompts: Dataset) -> Dataset:
+    """Each row twice, /think then /no_think: the system message (which in posttrain.data's prompt format
+    carries only the mode flag) is replaced and `mode` set, every other column kept."""
+
+    def expand(batch: dict) -> dict:
+        out = {key: [] for key in batch}
+        for i, messages in enumerate(batch["prompt"]):
+            question = [m for m in messages if m["role"] != "system"]
+            for mode in MODES:
+                for key in batch:
+                    out[key].append(batch[key][i])
+                out["prompt"][-1] = [{"role": "system", "content": f"/{mode}"}, *question]
+                out["mode"][-1] = mode
+        return out
+
+    return prompts.map(expand, batched=True)
+
+
+# --------------------------------------------------------------------------------------------- generation
+
+def _check_checkpoint(model_path: str | Path) -> Path:
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a checkpoint directory (no config.json)")
+    return path
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.chat_template is None:  # e.g. a pretraining checkpoint saved without one
+        logger.info("%s: tokenizer has no chat template; using the hybrid template", path)
+        attach_template(tokenizer)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    if eos_id is None or eos_id == tokenizer.unk_token_id:
+        raise UserError(f"{path}: the tokenizer has no {EOS_TOKEN} token to stop generation at")
+    if tokenizer.pad_token is None:  # safe: a completion is cut at its first eos before pads are dropped
+        tokenizer.pad_token = EOS_TOKEN
+    tokenizer.padding_side = "left"
+    return tokenizer, eos_id
+
+
+def _batches(lengths: list[int], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+    """Prompt indices grouped into batches, longest prompts first (so a batch holds prompts of about one
+    length, and the memory peak comes first). `batch_size` prompts of the mean length set a token budget
+    (rows x (longest prompt + max_new_tokens)); batches of longer prompts hold fewer rows, so a few long
+    MATH-500 problems do not pad a hundred short arithmetic prompts to their length."""
+    budget = batch_size * (sum(lengths) / len(lengths) + max_new_tokens)
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        rows = batches[-1] if batches else []
+        if rows and len(rows) < batch_size and (len(rows) + 1) * (lengths[rows[0]] + max_new_tokens) <= budget:
+            rows.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@contextlib.contextmanager
+def _cpu_threads(n: int | None):
+    """torch's intra-op threads set to `n` for the block, then restored (it is a process-wide setting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _generate_transformers(path: Path, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
+                           batch_size: int, eos_id: int, num_threads: int | None) -> list[list[int]]:
+    """Greedy batched generation; returns each prompt's new token ids (pads after an early stop included)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32 if device == "cpu" else "auto",  # bf16 matmuls crawl on CPU
+            trust_remote_code=False, use_safetensors=True,
+        )
+    except OSError as e:
+        raise UserError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+    model.to(device).eval()
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                              eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id)
+    generated: list[list[int]] = [[] for _ in prompt_ids]
+    with torch.inference_mode(), _cpu_threads(num_threads if device == "cpu" else None):
+        for rows in _batches([len(ids) for ids in prompt_ids], batch_size, max_new_tokens):
+            batch = tokenizer.pad({"input_ids": [prompt_ids[i] for i in rows]}, return_tensors="pt").to(device)
+            out = model.generate(**batch, generation_config=config)
+            for i, ids in zip(rows, out[:, batch["input_ids"].shape[1]:].tolist()):
+                generated[i] = ids
+    return generated
+
+
+def _generate_vllm(path: Path, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_id: int) -> list[list[int]]:
+    """The same prompts (as token ids) and greedy settings through vLLM; returns the new token ids."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(path), trust_remote_code=False, load_format="safetensors", seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=[eos_id])
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params)
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def _use_vllm(backend: str) -> bool:
+    available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if backend == "vllm" and not available:
+        raise UserError("backend vllm needs the vllm package and a CUDA GPU (pip install 'posttrain[vllm]')")
+    return backend == "vllm" or (backend == "auto" and available)
+
+
+def decode_completion(tokenizer, ids: Sequence[int], eos_id: int) -> tuple[str, int, bool]:
+    """(text, tokens generated with the stop token counted as TRL's completion length does, truncated).
+
+    The text ends before `<|im_end|>`; pad ids are dropped; every other token, think tags included, is kept."""
+    ids = list(ids)
+    finished = eos_id in ids
+    if finished:
+        ids = ids[:ids.index(eos_id)]
+    ids = [t for t in ids if t != tokenizer.pad_token_id]
+    return tokenizer.decode(ids, skip_special_tokens=False), len(ids) + finished, not finished
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+def _share(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Sequence[int],
+          truncated: Sequence[bool], num_samples: int = 8) -> dict:
+    """Metrics for `completions[i]` answering prompt row `rows[i]` (columns `answer`, `mode`, `level`,
+    `source`, `prompt`), scored by the RLVR rewards. Pure: no model involved.
+
+    Returns {"modes": {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored, by_level}},
+    "by_source": {source: {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored}}},
+    "samples": [...]}. `accuracy` is over rows whose gold answer parses (`unscored` counts the others; None
+    when none does); `mode_adherence` is the share the format reward passes; `truncated` is the share that
+    hit the token budget; `by_level` holds levels >= 1 (level 0 means "no level": GSM8K, MATH-500).
+    """
+    from rewards import get_reward
+
+    if not len(completions) == len(rows) == len(num_tokens) == len(truncated):
+        raise ValueError("score: completions, rows, num_tokens and truncated must have the same length")
+    rows = list(rows)
+    columns = {"answer": [r["answer"] for r in rows], "mode": [r["mode"] for r in rows]}
+    accuracy = get_reward("accuracy")(list(completions), **columns)
+    adherent = get_reward("format")(list(completions), **columns)
+
+    def summary(index: list[int]) -> dict:
+        return {
+            "accuracy": _share(accuracy[i] for i in index),
+            "mode_adherence": _share(adherent[i] for i in index),
+            "mean_tokens": sum(num_tokens[i] for i in index) / len(index),
+            "truncated": sum(truncated[i] for i in index) / len(index),
+            "n": len(index),
+            "unscored": sum(accuracy[i] is None for i in index),
+        }
+
+    by_mode, by_level, by_source = defaultdict(list), defaultdict(list), defaultdict(list)
+    for i, row in enumerate(rows):
+        by_mode[row["mode"]].append(i)
+        by_source[row["source"], row["mode"]].append(i)
+        if row["level"] >= 1:
+            by_level[row["mode"], row["level"]].append(i)
+
+    def levels(mode: str) -> dict:
+        return {level: {"accuracy": _share(accuracy[i] for i in index), "n": len(index)}
+                for (m, level), index in sorted(by_level.items()) if m == mode}
+
+    modes = {mode: {**summary(by_mode[mode]), "by_level": levels(mode)} for mode in MODES if mode in by_mode}
+    sources = {
+        source: {mode: summary(by_source[source, mode]) for mode in MODES if (source, mode) in by_source}
+        for source in sorted({source for source, _ in by_source})
+    }
+    samples = [
+        {"source": row["source"], "level": row["level"], "mode": row["mode"], "question": row["prompt"][-1]["content"],
+         "answer": row["answer"], "completion": completions[i], "accuracy": accuracy[i], "adherent": adherent[i],
+         "num_tokens": num_tokens[i]}
+        for i, row in enumerate(rows[:num_samples])
+    ]
+    return {"modes": modes, "by_source": sources, "samples": samples}
+
+
+def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, batch_size: int,
+             num_threads: int | None = 1, backend: str = "auto", num_samples: int = 8) -> dict:
+    """Generate greedily for every prompt row (posttrain.data's prompt format; pass `both_modes(...)` to ask
+    each question in both modes) and `score` the completions. Adds a "generation" entry: backend, wall
+    seconds (model loading included), new tokens per second."""
+    path = _check_checkpoint(model_path)
+    if max_new_tokens < 1 or batch_size < 1 or (num_threads is not None and num_threads < 1):
+        raise UserError(f"max_new_tokens, batch_size and num_threads must be >= 1, "
+                        f"got {max_new_tokens}, {batch_size}, {num_threads}")
+    if not len(prompts):
+        raise UserError("evaluation has no prompts")
+    tokenizer, eos_id = _load_tokenizer(path)
+    texts = tokenizer.apply_chat_template(list(prompts["prompt"]), add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template writes every token
+    vllm = _use_vllm(backend)
+    start = time.perf_counter()
+    if vllm:
+        generated = _generate_vllm(path, prompt_ids, max_new_tokens=max_new_tokens, eos_id=eos_id)
+    else:
+        generated = _generate_transformers(path, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, eos_id=eos_id, num_threads=num_threads)
+    wall_s = time.perf_counter() - start
+    completions, num_tokens, truncated = zip(*(decode_completion(tokenizer, ids, eos_id) for ids in generated))
+    result = score(completions, prompts.to_list(), num_tokens=num_tokens, truncated=truncated,
+                   num_samples=num_samples)
+    result["generation"] = {
+        "backend": "vllm" if vllm else "transformers", "max_new_tokens": max_new_tokens, "completions": len(prompts),
+        "wall_s": round(wall_s, 2), "new_tokens_per_s": round(sum(num_tokens) / wall_s, 1),
+    }
+    logger.info("eval: %d completions, %d new tokens in %.1f s", len(prompts), sum(num_tokens), wall_s)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- drift & output
+
+def load_baseline(path: str | Path) -> dict[str, float]:
+    """Mean completion tokens per mode from a previous eval JSON; errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: baseline eval JSON not found")
+    try:
+        modes = json.loads(path.read_text())["modes"]
+        return {mode: float(m["mean_tokens"]) for mode, m in modes.items()}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path}: key 'modes.<mode>.mean_tokens' missing or not a number (not an eval JSON?)") from None
+
+
+def length_drift(result: dict, baseline: dict[str, float], warn: float) -> dict[str, float | None]:
+    """Mean tokens per mode now / in the baseline (None where the baseline lacks the mode or is 0)."""
+    drift = {}
+    for mode, m in result["modes"].items():
+        before = baseline.get(mode)
+        drift[mode] = round(m["mean_tokens"] / before, 3) if before else None
+        if drift[mode] is not None and not 1 / warn <= drift[mode] <= warn:
+            logger.warning("LENGTH DRIFT: /%s mean completion length %.1f -> %.1f tokens (x%.2f) since the baseline",
+                           mode, before, m["mean_tokens"], drift[mode])
+    return drift
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def to_markdown(result: dict) -> str:
+    """The result as markdown: one row per mode, then accuracy per level and per source, /think vs /no_think."""
+    drift = result.get("length_drift", {})
+    lines = ["| mode | n | accuracy | mode adherence | mean tokens | truncated | length drift |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, m in result["modes"].items():
+        ratio = drift.get(mode)
+        lines.append(f"| /{mode} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['mode_adherence'])} | "
+                     f"{m['mean_tokens']:.1f} | {_pct(m['truncated'])} | {'-' if ratio is None else f'x{ratio:.2f}'} |")
+    modes = list(result["modes"])
+    header = " | ".join(f"/{m} accuracy (n)" for m in modes)
+    levels = sorted({level for m in result["modes"].values() for level in m["by_level"]}, key=int)
+    if levels:
+        lines += ["", f"| level | {header} |", "|---|" + "---|" * len(modes)]
+        for level in levels:
+            cells = [result["modes"][m]["by_level"].get(level, {}) for m in modes]
+            lines.append(f"| {level} | " + " | ".join(f"{_pct(c.get('accuracy'))} ({c.get('n', 0)})" for c in cells) + " |")
+    lines += ["", f"| source | {header} |", "|---|" + "---|" * len(modes)]
+    for source, per_mode in result["by_source"].items():
+        cells = [per_mode.get(m, {}) for m in modes]
+        lines.append(f"| {source} | " + " | ".join(f"{_pct(c.get('accuracy'))} ({c.get('n', 0)})" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if any(a in ("-h", "--help") for a in argv):
+        print(recipe_help([EvalArguments], "posttrain eval"))
+        return 0
+    from posttrain.data import load_prompts
+
+    (args,) = parse_recipe([EvalArguments], argv)
+    _check_checkpoint(args.model_name_or_path)
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    if args.length_drift_warn <= 1:
+        raise UserError(f"recipe key 'length_drift_warn': must be > 1, got {args.length_drift_warn}")
+    prompts = both_modes(load_prompts(args.datasets, no_think_fraction=0.0, seed=args.seed))
+    result = evaluate(args.model_name_or_path, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples)
+    if baseline is not None:
+        result["length_drift"] = length_drift(result, baseline, args.length_drift_warn)
+        result["baseline"] = args.baseline
+    markdown = to_markdown(result)
+    print(markdown)
+    for path, text in ((args.output_json, json.dumps(result, indent=2)), (args.output_md, markdown)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    return 0

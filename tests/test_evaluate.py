@@ -1,0 +1,152 @@
+"""`posttrain eval`: scoring of hand-written completions through the real RLVR rewards (math-verify), the
+decoding that keeps think tags, both-mode prompts, length drift, and real generation with the tiny model."""
+
+import json
+import logging
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoTokenizer, SmolLM3ForCausalLM
+
+from posttrain.errors import UserError
+from posttrain.evaluate import (
+    _batches, both_modes, decode_completion, evaluate, length_drift, load_baseline, main, score, to_markdown,
+)
+
+THINK = "<think>\n{r}\n</think>\nThe answer is \\boxed{{{a}}}."
+
+
+@pytest.fixture(scope="module")
+def lively_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny architecture with 10x the usual init scale: its greedy output differs from prompt to prompt
+    (at the usual scale every prompt gives the same string), so batching and reordering mistakes show."""
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("lively_model")
+    SmolLM3ForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def _row(question, answer, mode, level, source="arithmetic"):
+    return {"prompt": [{"role": "system", "content": f"/{mode}"}, {"role": "user", "content": question}],
+            "answer": answer, "mode": mode, "level": level, "source": source}
+
+
+def test_score_hand_written_completions():
+    rows_and_completions = [
+        # /think: right, wrong, answer only inside the block (wrong and not adherent), no block at all
+        (_row("What is 2+3?", "5", "think", 1), THINK.format(r="2+3=5", a=5)),
+        (_row("What is 20+30?", "50", "think", 2), THINK.format(r="20+30=40", a=40)),
+        (_row("What is 21+30?", "51", "think", 2), "<think>\nso \\boxed{51}\n</think>\n"),
+        (_row("Ann has 3 pens...", "7", "think", 0, "gsm8k"), "The answer is \\boxed{7}."),
+        # /no_think: right, right but with a think block (not adherent), wrong, gold that does not parse
+        (_row("What is 2+3?", "5", "no_think", 1), "\\boxed{5}"),
+        (_row("What is 20+30?", "50", "no_think", 2), "<think>\n20+30\n</think>\n\\boxed{50}"),
+        (_row("What is 21+30?", "51", "no_think", 2), "\\boxed{15}"),
+        (_row("Ann has 3 pens...", "\\frac{", "no_think", 0, "gsm8k"), "\\boxed{7}"),
+    ]
+    rows, completions = zip(*rows_and_completions)
+    num_tokens = [10, 20, 30, 40, 1, 2, 3, 4]
+    truncated = [False, False, True, False, False, False, False, False]
+    result = score(completions, rows, num_tokens=num_tokens, truncated=truncated, num_samples=3)
+
+    think, no_think = result["modes"]["think"], result["modes"]["no_think"]
+    assert think["accuracy"] == 2 / 4 and no_think["accuracy"] == 2 / 3  # the unparseable gold is left out
+    assert (think["unscored"], no_think["unscored"]) == (0, 1)
+    assert think["mode_adherence"] == 2 / 4  # right and wrong answers adhere; inside-only and no-block do not
+    assert no_think["mode_adherence"] == 3 / 4  # only the think block breaks /no_think
+    assert (think["mean_tokens"], no_think["mean_tokens"]) == (25.0, 2.5)
+    assert (think["truncated"], no_think["truncated"], think["n"], no_think["n"]) == (0.25, 0.0, 4, 4)
+    assert think["by_level"] == {1: {"accuracy": 1.0, "n": 1}, 2: {"accuracy": 0.0, "n": 2}}  # level 0: no level
+    assert no_think["by_level"] == {1: {"accuracy": 1.0, "n": 1}, 2: {"accuracy": 0.5, "n": 2}}
+    assert result["by_source"]["gsm8k"]["think"]["accuracy"] == 1.0
+    assert result["by_source"]["gsm8k"]["no_think"]["accuracy"] is None
+    assert result["by_source"]["arithmetic"]["think"]["n"] == 3
+    assert [s["completion"] for s in result["samples"]] == list(completions[:3])
+    assert result["samples"][1] == {**result["samples"][1], "question": "What is 20+30?", "accuracy": 0.0, "adherent": 1.0}
+
+    markdown = to_markdown(result)
+    assert "| /think | 4 | 50.0% | 50.0% | 25.0 | 25.0% | - |" in markdown
+    assert "| 2 | 0.0% (2) | 50.0% (2) |" in markdown
+
+
+def test_both_modes_asks_every_question_in_both_modes():
+    prompts = Dataset.from_list([_row("What is 2+3?", "5", "think", 1), _row("What is 4+4?", "8", "no_think", 1)])
+    rows = both_modes(prompts).to_list()
+    assert [(r["prompt"][0]["content"], r["mode"], r["prompt"][1]["content"]) for r in rows] == [
+        ("/think", "think", "What is 2+3?"), ("/no_think", "no_think", "What is 2+3?"),
+        ("/think", "think", "What is 4+4?"), ("/no_think", "no_think", "What is 4+4?"),
+    ]
+    assert [r["answer"] for r in rows] == ["5", "5", "8", "8"] and all(len(r["prompt"]) == 2 for r in rows)
+
+
+def test_decoding_keeps_think_tags_marked_special_and_drops_pad_and_eos(tiny_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})  # as the Llama-3 one
+    text = "<think>\n1+2=3\n</think>\n\\boxed{3}"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert "<think>" not in tokenizer.decode(ids, skip_special_tokens=True)  # what decoding must not do
+    eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+
+    assert decode_completion(tokenizer, ids + [eos, pad, pad], eos) == (text, len(ids) + 1, False)
+    assert decode_completion(tokenizer, ids, eos) == (text, len(ids), True)  # no stop token: cut by the budget
+
+
+def test_batches_sort_by_length_and_keep_long_prompts_apart():
+    # budget: 4 prompts x (mean length 205 + 100 new tokens); the 700-token prompt would pad three others
+    assert _batches([150] * 4 + [700] + [150] * 5, batch_size=4, max_new_tokens=100) == [[4], [0, 1, 2, 3], [5, 6, 7, 8], [9]]
+    assert _batches([5, 5, 9, 5], batch_size=2, max_new_tokens=10) == [[2], [0, 1], [3]]  # 2 x 19 > budget 2 x 16
+
+
+def test_length_drift_ratio_per_mode_and_warning(tmp_path, caplog):
+    result = {"modes": {"think": {"mean_tokens": 30.0}, "no_think": {"mean_tokens": 5.0}}}
+    (tmp_path / "prev.json").write_text(json.dumps({"modes": {"think": {"mean_tokens": 15}, "no_think": {"mean_tokens": 5}}}))
+    with caplog.at_level(logging.WARNING, logger="posttrain"):
+        drift = length_drift(result, load_baseline(tmp_path / "prev.json"), warn=1.5)
+    assert drift == {"think": 2.0, "no_think": 1.0}
+    assert "/think" in caplog.text and "/no_think" not in caplog.text
+    (tmp_path / "bad.json").write_text(json.dumps({"modes": {"think": {"accuracy": 1.0}}}))
+    with pytest.raises(UserError, match=r"bad\.json: key 'modes.<mode>.mean_tokens'"):
+        load_baseline(tmp_path / "bad.json")
+
+
+def test_evaluate_tiny_model_batched_matches_one_by_one(lively_model_dir):
+    questions = ["What is 1+2?", "What is 12+30?", "Ann has 4 pens and buys 5 more. How many pens does Ann have now?"]
+    prompts = both_modes(Dataset.from_list([_row(q, "3", "think", 1) for q in questions]))
+    threads = torch.get_num_threads()
+    batched = evaluate(lively_model_dir, prompts, max_new_tokens=6, batch_size=4, num_samples=6)
+    single = evaluate(lively_model_dir, prompts, max_new_tokens=6, batch_size=1, num_samples=6)
+    assert torch.get_num_threads() == threads  # generation's one thread is restored afterwards
+
+    assert set(batched) == {"modes", "by_source", "samples", "generation"}
+    for mode in ("think", "no_think"):
+        m = batched["modes"][mode]
+        assert set(m) >= {"accuracy", "mode_adherence", "mean_tokens", "n", "by_level"} and m["n"] == 3
+        assert 1 <= m["mean_tokens"] <= 6 and m["by_level"][1]["n"] == 3
+    assert batched["generation"]["completions"] == 6
+    # left padding and the length sort change nothing: each completion is the one generated alone
+    completions = [s["completion"] for s in batched["samples"]]
+    assert completions == [s["completion"] for s in single["samples"]] and len(set(completions)) > 1
+
+
+def test_cli_writes_json_and_markdown_with_drift(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "prev.json").write_text(json.dumps({"modes": {"think": {"mean_tokens": 2}, "no_think": {"mean_tokens": 4}}}))
+    out_json, out_md = tmp_path / "out" / "eval.json", tmp_path / "out" / "eval.md"
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--datasets", "[{name: arithmetic, split: test, rows: 2}]",
+            "--max_new_tokens", "4", "--output_json", str(out_json), "--output_md", str(out_md)]
+
+    with pytest.raises(UserError, match="missing.json: baseline eval JSON not found"):
+        main(argv + ["--baseline", str(tmp_path / "missing.json")])
+    assert not (tmp_path / "out").exists()  # nothing written before validation passes
+
+    assert main(argv + ["--baseline", str(tmp_path / "prev.json")]) == 0
+    result = json.loads(out_json.read_text())
+    assert {m: r["n"] for m, r in result["modes"].items()} == {"think": 2, "no_think": 2}
+    assert result["length_drift"] == {
+        "think": round(result["modes"]["think"]["mean_tokens"] / 2, 3),
+        "no_think": round(result["modes"]["no_think"]["mean_tokens"] / 4, 3),
+    }
+    assert out_md.read_text() in capsys.readouterr().out
