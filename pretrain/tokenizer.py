@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -95,7 +96,9 @@ def build_llama3(output_dir: str | Path) -> PreTrainedTokenizerFast:
     converter = TikTokenConverter(
         vocab_file=str(llama3_tokenizer_file()), pattern=LLAMA3_PATTERN, extra_special_tokens=specials
     )
-    tok = converter.converted()
-    for t in THINK_TOKENS:  # single tokens, kept when decoding with skip_special_tokens
-        tok.add_tokens([AddedToken(t, normalized=False, special=False)])
+    spec = json.loads(converter.converted().to_str())
+    for added in spec["added_tokens"]:  # think tags stay single tokens but survive skip_special_tokens
+        if added["content"] in THINK_TOKENS:  # (TRL's GRPO decodes completions that way; rewards read the tags)
+            added["special"] = False
+    tok = Tokenizer.from_str(json.dumps(spec))
     return _finish(tok, output_dir, bos="<|begin_of_text|>", pad="<|finetune_right_pad_id|>")

@@ -78,3 +78,15 @@ def test_tiny_model_trains_one_sft_step_with_assistant_only_loss(tiny_model_dir,
     assert torch.isfinite(torch.tensor(result.training_loss))
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
+
+
+def test_llama3_tokenizer_built_offline_has_smollm3_ids(tmp_path):
+    from pretrain.tokenizer import build_llama3
+
+    tok = build_llama3(tmp_path)
+    assert len(tok) == 128_256  # the Llama-3 vocabulary SmolLM3 uses
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<think>", "</think>"]) == [128011, 128012, 128002, 128003]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id == 128004
+    ids = tok("<think>\nx\n</think>\ny<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>\nx\n</think>\ny"  # GRPO decodes this way
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == tok.chat_template
