@@ -1,0 +1,180 @@
+"""`posttrain pipeline --config recipes/tiny/pipeline.yaml`: the whole SmolLM3 recipe in one command.
+
+pretrain -> midtrain -> sft -> dpo -> rlvr (-> optional merge), each stage a subprocess running its own
+command on its own recipe (so a stage here is exactly what a user runs by hand), each starting from the
+previous stage's checkpoint. After every stage the checkpoint is evaluated in both modes; at the end
+`runs/<name>/report.md`, `report.json` and PNG plots are written.
+
+Resume: a stage is recorded in `runs/<name>/pipeline_state.json` only once its command has exited 0 (and
+each stage renames its output into place only when complete), so a re-run skips finished stages and redoes
+the interrupted one; `--from STAGE` redoes STAGE and everything after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posttrain.config import parse_recipe, recipe_help
+from posttrain.errors import UserError
+
+STAGE_ORDER = ("pretrain", "midtrain", "sft", "dpo", "rlvr", "merge")
+
+
+@dataclass
+class PipelineArguments:
+    """The pipeline recipe: which stage recipes to run, in order, and how to evaluate them."""
+
+    name: str = field(default="tiny", metadata={"help": "Run name: outputs go to `<runs_dir>/<name>/`."})
+    runs_dir: str = field(default="runs", metadata={"help": "Folder holding every run."})
+    stages: dict = field(
+        default_factory=dict,
+        metadata={"help": "Stage name -> recipe path, in pipeline order (pretrain, midtrain, sft, dpo, rlvr). "
+                  "A stage left out is skipped; the next one starts from the last checkpoint."},
+    )
+    stage_overrides: dict = field(
+        default_factory=dict,
+        metadata={"help": "Stage name -> {recipe key: value} applied on top of that stage's recipe "
+                  "(e.g. a smaller max_steps for a quick run)."},
+    )
+    merge: dict = field(
+        default_factory=dict,
+        metadata={"help": "Optional final linear merge, e.g. {models: [rlvr, midtrain], weights: [0.7, 0.3]}: "
+                  "stage names or paths. Empty: no merge."},
+    )
+    eval_datasets: list[dict] = field(
+        default_factory=list,
+        metadata={"help": "Evaluation prompt sources (posttrain.data source dicts); each prompt is asked in "
+                  "both modes after every stage."},
+    )
+    eval_max_new_tokens: int = field(default=160, metadata={"help": "Generation budget per evaluation answer."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch in evaluation."})
+    from_stage: str = field(default="", metadata={"help": "Redo this stage and all later ones (CLI: --from STAGE)."})
+
+
+def _stage_command(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
+    if stage == "pretrain":
+        cmd = [sys.executable, "-m", "pretrain.cli", "train", "--config", recipe]
+    else:
+        cmd = [sys.executable, "-m", "posttrain", stage, "--config", recipe, "--model_name_or_path", model]
+    cmd += ["--output_dir", str(output_dir)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return cmd
+
+
+def _merge_command(spec: dict, outputs: dict[str, Path], output_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "posttrain", "merge", "--models", *(str(outputs.get(m, m)) for m in spec.get("models", []))]
+    if spec.get("weights"):
+        cmd += ["--weights", *(str(w) for w in spec["weights"])]
+    return cmd + ["--output_dir", str(output_dir)]
+
+
+def _load_json(path: Path, default):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _final_loss(stage_dir: Path) -> float | None:
+    history = _load_json(stage_dir / "log_history.json", [])
+    losses = [row.get("loss", row.get("train_loss")) for row in history if "loss" in row or "train_loss" in row]
+    return losses[-1] if losses else None
+
+
+def _log_metric(stage_dir: Path, key: str) -> tuple[float | None, float | None]:
+    """First and last logged value of a trainer metric (e.g. DPO's rewards/margins)."""
+    values = [row[key] for row in _load_json(stage_dir / "log_history.json", []) if key in row]
+    return (values[0], values[-1]) if values else (None, None)
+
+
+def run(args: PipelineArguments) -> dict:
+    from posttrain import report
+    from posttrain.data import load_prompts
+    from posttrain.evaluate import both_modes, evaluate, length_drift, load_baseline
+
+    unknown = [s for s in args.stages if s not in STAGE_ORDER[:-1]]
+    if unknown:
+        raise UserError(f"pipeline recipe: unknown stage {unknown[0]!r} in 'stages' (known: {', '.join(STAGE_ORDER[:-1])})")
+    for stage, recipe in args.stages.items():
+        if not Path(recipe).is_file():
+            raise UserError(f"pipeline recipe: stages.{stage}: recipe file {recipe} not found")
+    order = [s for s in STAGE_ORDER if s in args.stages or (s == "merge" and args.merge)]
+    if args.from_stage and args.from_stage not in order:
+        raise UserError(f"--from {args.from_stage!r}: not a stage of this pipeline ({', '.join(order)})")
+    eval_prompts = both_modes(load_prompts(args.eval_datasets, no_think_fraction=0.0, seed=0)) if args.eval_datasets else None
+
+    run_dir = Path(args.runs_dir) / args.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "pipeline_state.json"
+    state = _load_json(state_path, {})
+    if args.from_stage:
+        for stage in order[order.index(args.from_stage):]:
+            state.pop(stage, None)
+
+    outputs: dict[str, Path] = {}
+    previous_model, previous_eval = None, None
+    for stage in order:
+        out = run_dir / stage
+        outputs[stage] = out
+        if stage in state and out.is_dir():
+            print(f"[pipeline] {stage}: done in an earlier run, skipped ({out})", flush=True)
+        else:
+            state.pop(stage, None)
+            if stage == "merge":
+                cmd = _merge_command(args.merge, outputs, out)
+            else:
+                cmd = _stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
+            print(f"[pipeline] {stage}: {' '.join(cmd[1:])}", flush=True)
+            start = time.perf_counter()
+            code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if code != 0:
+                raise UserError(f"stage {stage} failed (exit {code}); finished stages are kept, re-run to resume")
+            state[stage] = {"wall_s": round(time.perf_counter() - start, 1)}
+            if eval_prompts is not None:
+                print(f"[pipeline] {stage}: evaluating {len(eval_prompts)} prompts", flush=True)
+                start = time.perf_counter()
+                result = evaluate(str(out), eval_prompts, max_new_tokens=args.eval_max_new_tokens,
+                                  batch_size=args.eval_batch_size)
+                result["eval_wall_s"] = round(time.perf_counter() - start, 1)
+                if previous_model and (Path(previous_model) / "eval.json").is_file():
+                    # reward-hacking monitor: mean completion length per mode vs the previous stage
+                    result["length_drift"] = length_drift(result, load_baseline(Path(previous_model) / "eval.json"), 1.5)
+                (out / "eval.json").write_text(json.dumps(result, indent=2))
+            state_path.write_text(json.dumps(state, indent=2))
+        previous_model = str(out)
+
+    stages_report = {}
+    for stage in order:
+        out = outputs[stage]
+        result = _load_json(out / "eval.json", {})
+        entry = {"wall_s": state[stage]["wall_s"], "final_loss": _final_loss(out), "eval_wall_s": result.get("eval_wall_s")}
+        entry["modes"] = {
+            mode: {k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n", "by_level")}
+            for mode, m in result.get("modes", {}).items()
+        }
+        entry["by_source"] = result.get("by_source", {})
+        entry["length_drift"] = result.get("length_drift")
+        if stage == "dpo":
+            entry["reward_margin_first_last"] = _log_metric(out, "rewards/margins")
+        if stage == "rlvr":
+            entry["accuracy_reward_first_last"] = _log_metric(out, "rewards/accuracy/mean")
+        stages_report[stage] = entry
+    summary = {"name": args.name, "stages": stages_report,
+               "total_wall_s": round(sum(e["wall_s"] for e in stages_report.values()), 1)}
+    (run_dir / "report.json").write_text(json.dumps(summary, indent=2))
+    report.write(summary, outputs, run_dir)
+    print(f"[pipeline] report: {run_dir / 'report.md'}", flush=True)
+    return summary
+
+
+def main(argv):
+    argv = ["--from_stage" if a == "--from" else a for a in argv]
+    if "--help" in argv or "-h" in argv:
+        print(recipe_help([PipelineArguments], "posttrain pipeline"))
+        return 0
+    (args,) = parse_recipe([PipelineArguments], argv)
+    run(args)

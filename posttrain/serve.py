@@ -1,0 +1,65 @@
+"""`posttrain serve --model CHECKPOINT`: the vLLM rollout server that `posttrain rlvr` uses with `vllm_mode: server`.
+
+Why this is a thin wrapper: TRL 1.16 deprecates `trl vllm-serve` ("it now only runs vLLM's own server. Run it
+directly instead: VLLM_SERVER_DEV_MODE=1 vllm serve ..."). What TRL still owns is the list of flags its trainers
+need from that server (NCCL weight transfer, processed logprobs, uncapped logprobs), in
+`trl.scripts.vllm_serve.build_command`. So this command builds the `vllm serve` line with TRL's own arguments and
+builder and runs it, changing three things:
+- it binds to 127.0.0.1 unless `--host` is given: TRL's default is 0.0.0.0, and with dev mode on the server
+  accepts weight updates and resets from anyone who can reach the port;
+- weights load from safetensors only (`--load-format safetensors`); `--trust_remote_code` is refused;
+- a missing vllm is a one-line error naming the extra, not a traceback.
+
+Arguments are TRL's `ScriptArguments` keys (`--model`, `--tensor_parallel_size`, `--port`, ...), from the command
+line or a `--config` YAML; anything after a bare `--` goes to `vllm serve` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+from trl.import_utils import is_vllm_available
+from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+from posttrain.config import parse_recipe, recipe_help
+from posttrain.errors import UserError
+
+VLLM_EXTRA = "pip install 'posttrain[vllm]'"
+
+
+@dataclass
+class ServeArguments(ScriptArguments):
+    """TRL's `vllm-serve` arguments, bound to the loopback interface unless `--host` says otherwise."""
+
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Address to listen on. Another machine's trainer needs this machine's private address; "
+                  "never 0.0.0.0 on a machine with a public one (docs/scale-out.md, Security)."},
+    )
+
+
+def server_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The `vllm serve` command line and environment for `argv`; needs no vllm (what the tests check)."""
+    argv = list(argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    (args,) = parse_recipe([ServeArguments], argv)
+    if args.trust_remote_code:
+        raise UserError("recipe key 'trust_remote_code': posttrain never runs code shipped with a checkpoint")
+    command = build_command(args, ["--load-format", "safetensors", *extra])
+    # The weight-transfer endpoints TRL's client calls exist only in vLLM's dev mode (as `trl vllm-serve` sets).
+    return command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+
+
+def main(argv: list[str]) -> int | None:
+    if "-h" in argv or "--help" in argv:
+        print(recipe_help([ServeArguments], prog="posttrain serve"))
+        return 0
+    command, env = server_command(argv)
+    if not is_vllm_available():
+        raise UserError(f"`posttrain serve` needs vLLM on a CUDA machine: {VLLM_EXTRA}")
+    print("running: VLLM_SERVER_DEV_MODE=1 " + shlex.join(["vllm", *command[command.index("serve") :]]), file=sys.stderr)
+    os.execve(sys.executable, command, env)

@@ -1,0 +1,88 @@
+"""`posttrain sft --config recipe.yaml`: supervised fine-tuning on a /think + /no_think mixture.
+
+TRL's SFTTrainer does the work: each row's `chat_template_kwargs` ({"enable_thinking": ...}) renders it in its
+mode with the project's template, whose `{% generation %}` markers make `assistant_only_loss=True` train on the
+assistant turns (and their `<|im_end|>`) only. What this stage adds:
+- the mixture: `posttrain.data.load_conversations` mixes the recipe's sources and assigns modes by
+  `no_think_fraction`;
+- no silent drops: rows longer than `max_length` are dropped (or refused) *before* TRL sees them and counted per
+  mode; the run fails if a mode the mixture asks for has no rows left, and fails if TRL drops any row itself
+  (FACTS.md: truncation once removed every /think row without a word);
+- the checkpoint discipline of `posttrain.stage` (atomic output dir, run record).
+
+`posttrain midtrain` is this stage with other defaults (packing, loss on the whole sequence): see midtrain.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from posttrain import stage
+from posttrain.errors import UserError
+
+# Stage defaults under the recipe. Packing stays TRL's default (off): BFD packing is padding-free, i.e. one
+# flattened row per batch, and without flash-attention (CPU: sdpa) attention then costs (total tokens)^2 instead
+# of sum(row^2) -- measured ~2x fewer rows/s than padding on the tiny recipe (bench/sft_packing.py). Turn it on with
+# flash_attention_2 on GPUs (recipes/smollm3/sft.yaml).
+SFT_DEFAULTS = {"assistant_only_loss": True}
+
+
+@dataclass
+class SFTScriptArguments(stage.StageArguments):
+    """Recipe keys of the SFT stage (SFTConfig and ModelConfig keys go in the same file)."""
+
+    require_reasoning: bool = field(
+        default=False,
+        metadata={"help": "Refuse rows whose assistant turn has no reasoning (think trace) to show in /think mode."},
+    )
+
+
+def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.StageRun:
+    """Validate everything, load data and model, and build the SFTTrainer. Nothing is written but the empty
+    `<output_dir>.partial` the Trainer makes for itself."""
+    from trl import SFTTrainer
+
+    from posttrain import data
+
+    out = stage.StageOutput(training.output_dir, script.overwrite_output_dir)
+    stage.validate_model_args(model_args, training)
+    if not script.datasets:
+        raise UserError("recipe key 'datasets': list at least one data source")
+    tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path)
+    dataset = data.load_conversations(
+        script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed,
+        require_reasoning=script.require_reasoning,
+    )
+    dataset, data_record = stage.select_rows(name, dataset, tokenizer, training.max_length, script)
+
+    model = stage.load_model(model_args, tokenizer, new_tokens)
+    record = {"recipe": stage.recipe_record(script, training, model_args), "data": data_record}
+    training.output_dir = str(out.partial)
+    trainer = SFTTrainer(
+        model=model, args=training, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=stage.peft_config(model_args),
+    )
+    kept = _documents(trainer.train_dataset)
+    if kept < len(dataset):  # (wrapped packing may cut rows into more pieces, never fewer)
+        raise UserError(
+            f"{name}: TRL kept {kept} of {len(dataset)} rows after tokenization (fully masked rows dropped); "
+            "check max_length against the rendered length of the rows"
+        )
+    return stage.StageRun(name, trainer, out, model_args, tokenizer, new_tokens, record)
+
+
+def _documents(prepared) -> int:
+    """Rows in TRL's prepared dataset: packed rows record each document's length in `seq_lengths`."""
+    if "seq_lengths" in prepared.column_names:
+        return sum(len(lengths) for lengths in prepared["seq_lengths"])
+    return len(prepared)
+
+
+def main(argv: list[str]) -> int:
+    from trl import ModelConfig, SFTConfig
+
+    args = stage.parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv, "posttrain sft", SFT_DEFAULTS)
+    if args is None:
+        return 0
+    build("sft", *args).run()
+    return 0

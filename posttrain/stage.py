@@ -1,0 +1,384 @@
+"""What every post-training stage shares: recipe parsing with CPU defaults, model/tokenizer/PEFT loading, the
+atomic output directory and the run record.
+
+A stage module (midtrain, sft, dpo, rlvr) is: `parse_args` -> `StageOutput(...)` (refuses to clobber a complete
+output, writes nothing) -> `load_tokenizer` -> load + validate data -> `load_model` -> build a TRL trainer with
+`output_dir=out.partial` -> `run(...)`, which trains into `<output_dir>.partial/` and renames it to `<output_dir>`
+only when the checkpoint and its `posttrain_run.json` are complete. So bad input fails before anything is written,
+and an interrupted stage never leaves a half checkpoint where the next stage looks.
+
+Checkpoints are always plain transformers checkpoints (safetensors, hybrid template attached): with LoRA the run
+saves the adapter in `adapter/` AND the adapter merged into its base at the top level, so the next stage (and DPO's
+reference model, which TRL reloads from the path) loads it with `AutoModelForCausalLM` and no PEFT code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+
+from posttrain.chat_template import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, attach_template, load_template
+from posttrain.config import parse_recipe, recipe_help
+from posttrain.errors import UserError
+
+logger = logging.getLogger("posttrain")
+
+RUN_RECORD = "posttrain_run.json"
+LOG_HISTORY = "log_history.json"
+ADAPTER_DIR = "adapter"
+MODES = ("think", "no_think")
+
+
+@dataclass
+class StageArguments:
+    """Script arguments every stage has (each stage subclasses this and adds its own)."""
+
+    datasets: list[dict] = field(
+        default_factory=list,
+        metadata={"help": "Data sources, each a mapping such as {name: arithmetic, rows: 4000, weight: 1.0} or "
+                  "{name: messages, path: my.jsonl}; see posttrain/data.py for the adapters."},
+    )
+    no_think_fraction: float = field(
+        default=0.5, metadata={"help": "Share of rows rendered in /no_think mode (the rest are /think)."}
+    )
+    overlong_policy: Literal["drop", "error"] = field(
+        default="drop",
+        metadata={"help": "Rows longer than max_length: 'drop' them (counted per mode in the run record) or "
+                  "'error'. TRL would otherwise truncate them and silently drop the fully masked ones."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use; defaults to model_name_or_path (required for gguf: models)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace an existing complete output_dir (refused otherwise)."}
+    )
+
+
+def cpu_defaults() -> dict:
+    """TRL configs default to bf16 and activation checkpointing: bf16 refuses to start without a GPU ("Your setup
+    doesn't support bf16/gpu") and checkpointing only costs time on CPU. Without CUDA these defaults sit under the
+    recipe, so a tiny recipe runs as written on a laptop while a recipe's explicit value still wins. Recipes use
+    `activation_checkpointing` (transformers 5.23's name): its deprecated alias `gradient_checkpointing` only
+    applies when the new name is unset, so on CPU it would lose to this default."""
+    if torch.cuda.is_available():
+        return {}
+    return {"bf16": False, "activation_checkpointing": False, "dataloader_pin_memory": False}
+
+
+def parse_args(dataclass_types: Sequence[type], argv: Sequence[str], prog: str, defaults: dict | None = None):
+    """The stage's dataclass instances from `--config recipe.yaml --key value ...`, with `cpu_defaults()` under
+    the stage's own `defaults` under the recipe. Returns None after printing `--help`."""
+    if not logger.handlers:  # the stages' own messages (rows per mode, drops, learning rate) on stderr
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
+    if any(a in ("-h", "--help") for a in argv):
+        print(recipe_help(dataclass_types, prog))
+        return None
+    return parse_recipe(dataclass_types, argv, defaults={**cpu_defaults(), **(defaults or {})})
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+def validate_model_args(model_args, training=None) -> None:
+    """Checks that need no loading: run before data and model are touched."""
+    if training is not None and getattr(training, "trust_remote_code", False):
+        raise UserError("recipe key 'trust_remote_code': posttrain never runs code shipped with a checkpoint")
+    if not model_args.model_name_or_path:
+        raise UserError("missing required recipe key 'model_name_or_path' (the checkpoint this stage starts from)")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise UserError("recipe key 'load_in_4bit'/'load_in_8bit' needs 'use_peft: true' (QLoRA trains adapters only)")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("recipe key 'load_in_4bit'/'load_in_8bit' needs bitsandbytes: pip install 'posttrain[qlora]'")
+    if _gguf_file(model_args.model_name_or_path) and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise UserError("a gguf: model is dequantized to float on load; drop 'load_in_4bit'/'load_in_8bit'")
+
+
+def _gguf_file(name: str) -> Path | None:
+    """`gguf:<package>/<file>.gguf` (a GGUF shipped in an installed Python package) or a path to a .gguf file."""
+    if name.startswith("gguf:"):
+        package, _, rel = name[len("gguf:"):].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"model_name_or_path {name!r}: package {package!r} is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / rel
+    elif name.endswith(".gguf"):
+        path = Path(name)
+    else:
+        return None
+    if not path.is_file():
+        raise UserError(f"model_name_or_path {name!r}: {path} not found")
+    return path
+
+
+def load_tokenizer(model_args, tokenizer_name_or_path: str | None = None):
+    """The tokenizer with the hybrid template attached and the hybrid tokens guaranteed to be single tokens.
+
+    Returns (tokenizer, new_tokens): `new_tokens` maps each token added here to the ids it was spelled with
+    before, which `load_model` needs to initialise its embedding row (see `init_new_embeddings`)."""
+    from transformers import AutoTokenizer
+    from tokenizers import AddedToken
+
+    path = tokenizer_name_or_path or model_args.model_name_or_path
+    if _gguf_file(path):
+        raise UserError(f"model_name_or_path {path!r} is a GGUF file: set recipe key 'tokenizer_name_or_path'")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    new_tokens = {}
+    for token in SPECIAL_TOKENS:
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            new_tokens[token] = ids
+    for token in new_tokens:
+        # think tags stay non-special so decoding with skip_special_tokens keeps them (evaluation reads them)
+        special = token not in (THINK_OPEN, THINK_CLOSE)
+        tokenizer.add_tokens([AddedToken(token, normalized=False, special=special)], special_tokens=special)
+    if new_tokens:
+        logger.info("added hybrid tokens %s to the tokenizer", list(new_tokens))
+    if tokenizer.chat_template != load_template():
+        attach_template(tokenizer)
+    return tokenizer, new_tokens
+
+
+def peft_config(model_args):
+    """TRL's LoraConfig from the recipe's `use_peft` / `lora_*` keys, or None."""
+    from trl import get_peft_config
+
+    return get_peft_config(model_args)
+
+
+def load_model(model_args, tokenizer, new_tokens: dict | None = None, quantize: bool = True):
+    """The model a stage trains, from a saved checkpoint (safetensors only, no remote code) or a GGUF file.
+
+    `quantize=False` loads the float base even when the recipe asks for QLoRA (used to merge the adapter)."""
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    validate_model_args(model_args)
+    name = model_args.model_name_or_path
+    kwargs = dict(dtype=model_args.dtype, attn_implementation=model_args.attn_implementation, trust_remote_code=False)
+    qconfig = get_quantization_config(model_args) if quantize else None
+    if qconfig is not None:
+        from accelerate import PartialState
+
+        # what trl.get_kbit_device_map did (removed in TRL 1.x): each process's own GPU
+        kwargs.update(quantization_config=qconfig,
+                      device_map={"": PartialState().local_process_index} if torch.cuda.is_available() else None)
+    gguf = _gguf_file(name)
+    try:
+        if gguf is not None:
+            model = _load_gguf(gguf, kwargs)
+        else:
+            local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()  # not a hub id
+            if local and not Path(name).is_dir():
+                raise UserError(f"{name}: checkpoint directory not found (a stage starts from a saved checkpoint)")
+            model = AutoModelForCausalLM.from_pretrained(
+                name, revision=model_args.model_revision, use_safetensors=True, **kwargs
+            )
+    except OSError as e:
+        raise UserError(f"{name}: cannot load model ({str(e).splitlines()[0]})") from None
+    init_new_embeddings(model, tokenizer, new_tokens or {})
+    for config in (model.config, model.generation_config):
+        if config is not None:
+            config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+            config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def _load_gguf(path: Path, kwargs: dict):
+    """transformers dequantizes a GGUF to float but then refuses `save_pretrained` ("quantized with gguf"): rebuild
+    the same architecture from its config, without the quantization marker, and copy the weights in."""
+    from transformers import AutoModelForCausalLM
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"{path}: loading GGUF files needs the gguf package: pip install 'posttrain[gguf]'")
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+    config = gguf_model.config
+    del config.quantization_config
+    config._name_or_path = str(path)
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"], trust_remote_code=False
+    )
+    model.load_state_dict(gguf_model.state_dict())
+    return model
+
+
+def init_new_embeddings(model, tokenizer, new_tokens: dict[str, list[int]]) -> None:
+    """Give each token added by `load_tokenizer` an embedding row (input and, if untied, output) equal to the mean
+    of the rows of the pieces it was spelled with before. FACTS.md: with the default init SmolLM2 never emitted
+    `<think>` (0% /think adherence); this init made it emit the block."""
+    if not new_tokens:
+        return
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embeddings = {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    with torch.no_grad():
+        for module in embeddings.values():
+            for token, pieces in new_tokens.items():
+                module.weight[tokenizer.convert_tokens_to_ids(token)] = module.weight[pieces].mean(0)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+def rows_per_mode(dataset) -> dict[str, int]:
+    counts = Counter(dataset["mode"]) if len(dataset) else Counter()
+    return {mode: counts.get(mode, 0) for mode in MODES}
+
+
+def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) -> None:
+    """Fail when a mode the mixture asks for has no rows left (FACTS.md: a model that never sees a /think row
+    trains happily and then never thinks)."""
+    wanted = [m for m, share in (("think", 1 - no_think_fraction), ("no_think", no_think_fraction)) if share > 0]
+    empty = [m for m in wanted if counts.get(m, 0) == 0]
+    if empty:
+        raise UserError(
+            f"{where}: no {'/'.join(empty)} rows left after dropping overlong rows (rows per mode: {counts}); "
+            "raise max_length or shorten the system text"
+        )
+
+
+def select_rows(name: str, dataset, tokenizer, max_length: int | None, script: StageArguments):
+    """Drop (or refuse, per `overlong_policy`) rows longer than `max_length` before TRL would truncate them, count
+    rows per mode, log both, and fail if a mode the mixture asks for is left empty.
+
+    Returns (dataset, data record for posttrain_run.json: fingerprint, rows and dropped rows per mode)."""
+    from posttrain import data
+
+    dropped = dict.fromkeys(MODES, 0)
+    if max_length is not None:
+        dataset, dropped = data.drop_overlong(dataset, tokenizer, max_length, script.overlong_policy)
+    counts = rows_per_mode(dataset)
+    logger.info("%s: rows per mode %s; dropped as longer than max_length=%s: %s", name, counts, max_length, dropped)
+    require_modes(counts, script.no_think_fraction, f"{name} datasets")
+    return dataset, {"fingerprint": data.fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped}
+
+
+# ----------------------------------------------------------------------------------------- output directory
+
+class StageOutput:
+    """`<output_dir>.partial/` while training, renamed to `<output_dir>` when the stage is complete.
+
+    Constructing it only checks (nothing is written): an existing non-empty output_dir is refused unless
+    `overwrite` is set."""
+
+    def __init__(self, output_dir: str, overwrite: bool = False):
+        self.final = Path(output_dir)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        if self.final.exists() and not (self.final.is_dir() and not any(self.final.iterdir())) and not overwrite:
+            raise UserError(f"output_dir {self.final} already holds a complete output; set overwrite_output_dir: true")
+
+    def start(self, keep_partial: bool = False) -> None:
+        """Clear a stale `.partial` left by an interrupted run (kept when resuming from one of its checkpoints)."""
+        if self.partial.exists() and not keep_partial:
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> Path:
+        """Drop the Trainer's resume checkpoints and move the finished output into place."""
+        for checkpoint in self.partial.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+        if self.final.exists():
+            old = self.final.with_name(self.final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.final.rename(old)
+            self.partial.rename(self.final)
+            shutil.rmtree(old)
+        else:
+            self.partial.rename(self.final)
+        return self.final
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+def recipe_record(*dataclass_instances) -> dict:
+    """Every resolved recipe value (defaults included), keyed by dataclass name."""
+    record = {}
+    for obj in dataclass_instances:
+        values = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+        record[type(obj).__name__] = json.loads(json.dumps(values, default=str))
+    return record
+
+
+@dataclass
+class StageRun:
+    """A stage ready to train: its trainer (built with `output_dir=out.partial`) and what `run` needs to save.
+
+    Stage modules return one from `build(...)`; tests inspect `trainer` (its prepared dataset, collator) without
+    training, and `main` calls `run()`."""
+
+    name: str
+    trainer: object
+    out: StageOutput
+    model_args: object
+    tokenizer: object
+    new_tokens: dict
+    record: dict  # the stage's own facts: recipe, data fingerprints, rows per mode, learning-rate origin, ...
+
+    def run(self) -> Path:
+        """Train, save the checkpoint (merged model + `adapter/` with LoRA), `posttrain_run.json` and
+        `log_history.json` into `out.partial`, then rename it to the output dir."""
+        trainer, out = self.trainer, self.out
+        resume = trainer.args.resume_from_checkpoint
+        if trainer.is_world_process_zero():
+            out.start(keep_partial=bool(resume))
+        trainer.accelerator.wait_for_everyone()
+        t0 = time.time()
+        result = trainer.train(resume_from_checkpoint=resume)
+        wall_s = time.time() - t0
+        peft = self.model_args.use_peft
+        trainer.save_model(str(out.partial / ADAPTER_DIR) if peft else str(out.partial))
+        trainer.accelerator.wait_for_everyone()
+        if not trainer.is_world_process_zero():
+            return out.final
+        if peft:
+            _save_merged(out.partial, self.model_args, self.tokenizer, self.new_tokens)
+        self.tokenizer.save_pretrained(out.partial)
+        for pickled in out.partial.rglob("training_args.bin"):  # a pickle; the run record holds the recipe
+            pickled.unlink()
+        record = {
+            "stage": self.name,
+            **self.record,
+            "learning_rate": trainer.args.learning_rate,
+            "train_metrics": result.metrics,
+            "global_step": trainer.state.global_step,
+            "wall_s": round(wall_s, 2),
+            "command": sys.argv,
+        }
+        (out.partial / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str))
+        (out.partial / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history, indent=2))
+        final = out.commit()
+        logger.info("%s: done in %.1f s, checkpoint at %s", self.name, wall_s, final)
+        return final
+
+
+def _save_merged(directory: Path, model_args, tokenizer, new_tokens: dict) -> None:
+    """The saved adapter merged into a freshly loaded float base (the only way that also works for QLoRA, whose
+    training base is 4-bit): the next stage loads a plain model."""
+    from peft import PeftModel
+
+    base = load_model(model_args, tokenizer, new_tokens, quantize=False)
+    merged = PeftModel.from_pretrained(base, str(directory / ADAPTER_DIR)).merge_and_unload()
+    merged.save_pretrained(directory)
+
+
+def read_run_record(checkpoint: str | Path) -> dict | None:
+    """The `posttrain_run.json` of a checkpoint made by a stage, or None if it has none."""
+    path = Path(checkpoint) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None

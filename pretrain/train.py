@@ -1,0 +1,459 @@
+"""`pretrain train`: a SmolLM3-architecture model from random init, on the packed mixture from `pretrain.data`.
+
+A plain `accelerate` loop rather than `transformers.Trainer`: the batch of a step is a pure function of
+(seed, rank, step), so resuming needs no dataloader replay or sampler state; the curriculum stage and
+per-source token counts live in our checkpoint; and a WSD decay can branch off any stable-phase
+checkpoint into a new run. The pieces Trainer would bring come from the libraries directly:
+`Accelerator` (DDP/FSDP, mixed precision, `save_state`/`load_state`, trackers), transformers'
+`get_wsd_schedule` / cosine schedules and `get_parameter_names` (for the no-decay groups).
+
+Run layout (the project's atomic-output rule: a run writes into `<output_dir>.partial/` and renames it to
+`<output_dir>` when done, so an interrupted run is never mistaken for a base model):
+
+    <output_dir>.partial/tokenizer/            trained tokenizer (tokenizer spec in the recipe)
+                         tokens/               token files (unless `data_dir` is set)
+                         checkpoints/step-N/   model, optimizer, RNG states + trainer_state.json
+                         log_history.jsonl     one {step, loss, lr, tokens, stage, ...} line per log step
+    then model.safetensors, config.json, tokenizer files, pretrain_state.json and log_history.json (the same
+    entries as one list, what the pipeline plots), and the rename.
+
+Checkpoints are written to `checkpoints/tmp-step-N` and renamed when complete; re-running the same command
+resumes from the newest one (after a kill -9 too) and continues the same loss curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import SmolLM3ForCausalLM, get_cosine_with_min_lr_schedule_with_warmup, get_wsd_schedule
+from transformers.trainer_pt_utils import get_parameter_names
+
+from posttrain.errors import UserError
+from pretrain.data import Curriculum, DataConfig, PackedLoader, data_dir_of, open_sources, prepare
+from pretrain.presets import model_config
+
+# transformers' no-weight-decay name patterns (Trainer.get_decay_parameter_names); embeddings are excluded by type.
+NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+# Dense bf16 peak of known accelerators, for MFU when `peak_tflops` is not set.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+# Keys a resumed run must share with its checkpoint: they fix what every step's batch is.
+RESUME_KEYS = ("seq_len", "micro_batch_size", "tokens_per_step", "seed", "model", "vocab_size")
+
+
+@dataclass
+class TrainConfig:
+    """Recipe keys for the model, optimizer, schedule, checkpoints and logging."""
+
+    output_dir: str = field(
+        metadata={"help": "Where the final checkpoint goes (work happens in <output_dir>.partial)."}
+    )
+    model: str = field(
+        default="tiny", metadata={"help": "Model preset from pretrain/presets.py: tiny, small, smollm3-3b."}
+    )
+    model_overrides: dict = field(
+        default_factory=dict,
+        metadata={"help": "SmolLM3Config fields that override the preset, e.g. {num_hidden_layers: 2}."},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2."})
+    micro_batch_size: int = field(default=8, metadata={"help": "Rows per forward pass on each process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    global_batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per optimizer step over all processes; when set, gradient accumulation is derived from it "
+            "(it must divide evenly by seq_len x micro_batch_size x processes)."
+        },
+    )
+    max_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps; 0 = the stages' token budgets divided by the global batch."}
+    )
+    learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay (never on norms, biases or embeddings)."}
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables."})
+    lr_scheduler: Literal["wsd", "cosine"] = field(
+        default="wsd",
+        metadata={"help": "wsd: warmup, stable, decay over the last decay_fraction; cosine: for comparison."},
+    )
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps."})
+    decay_fraction: float = field(default=0.1, metadata={"help": "WSD: share of the steps spent decaying."})
+    decay_type: Literal["linear", "cosine", "1-sqrt"] = field(default="linear", metadata={"help": "WSD decay shape."})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final learning rate as a share of the peak."})
+    decay_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A stable-phase checkpoint (.../checkpoints/step-N) to start the WSD decay from without "
+            "retraining: "
+            "the run continues from step N for decay_fraction/(1-decay_fraction)*N steps on the last stage's mixture."
+        },
+    )
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every this many steps (0: never)."})
+    keep_last: int = field(default=2, metadata={"help": "Checkpoints kept (older ones deleted); 0 keeps all."})
+    seed: int = field(
+        default=42, metadata={"help": "Init seed (same on every rank) and data seed (mixed with the rank)."}
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="no", metadata={"help": "Autocast precision (fp32 on CPU)."}
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    torch_threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads per process (torch.set_num_threads); 0 keeps torch's default (one per core)."},
+    )
+    report_to: str = field(
+        default="none", metadata={"help": "Trackers by HF name, comma-separated (tensorboard, wandb, ...) or none."}
+    )
+    run_name: str = field(default="pretrain", metadata={"help": "Tracker run name."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "Accelerator peak TFLOP/s for MFU; default: known GPUs' dense bf16 peak, none on CPU."},
+    )
+
+    def __post_init__(self):
+        for key in ("micro_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, key) < 1:
+                raise UserError(f"recipe key {key!r} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.decay_fraction < 1:
+            raise UserError(f"recipe key 'decay_fraction' must be in [0, 1), got {self.decay_fraction}")
+        if self.decay_from and self.lr_scheduler != "wsd":
+            raise UserError("recipe key 'decay_from' needs lr_scheduler: wsd")
+
+
+def work_dir_of(output_dir: str | Path) -> Path:
+    return Path(f"{output_dir}.partial")
+
+
+# ---------------------------------------------------------------- model and optimizer
+
+
+def build_model(cfg: TrainConfig, tokenizer) -> SmolLM3ForCausalLM:
+    """Random init with the config's std, seeded with `seed` on every rank: data-parallel replicas start
+    identical, and under FSDP each rank's shard is a slice of the one full initialisation, so shards are
+    never copies of each other (the seed's tensor-parallel bug: each rank initialised its own shard from
+    the same seed)."""
+    config = model_config(
+        cfg.model, tokenizer=tokenizer, attn_implementation=cfg.attn_implementation, **cfg.model_overrides
+    )
+    torch.manual_seed(cfg.seed)
+    return SmolLM3ForCausalLM(config)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on norms and biases (transformers' rule) nor, as SmolLM3, on the
+    embeddings (tied with the output layer)."""
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm, torch.nn.Embedding], NO_DECAY_PATTERNS))
+    params = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
+    ]
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, plan: dict, last_epoch: int):
+    """The LR at step s is a pure function of s: built fresh on resume with `last_epoch` (no state to load)."""
+    if cfg.lr_scheduler == "cosine":
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, cfg.warmup_steps, plan["max_steps"], min_lr_rate=cfg.min_lr_ratio, last_epoch=last_epoch
+        )
+    return get_wsd_schedule(
+        optimizer, cfg.warmup_steps, plan["decay_steps"], num_stable_steps=plan["decay_start"] - cfg.warmup_steps,
+        decay_type=cfg.decay_type, min_lr_ratio=cfg.min_lr_ratio, last_epoch=last_epoch,
+    )
+
+
+def flops_per_token(config, n_params: int, seq_len: int) -> float:
+    """6N for the matmuls plus causal attention, 6·L·s·d (the formula FACTS.md's MFU figures use)."""
+    return 6 * n_params + 6 * config.num_hidden_layers * seq_len * config.hidden_size
+
+
+def peak_flops(cfg: TrainConfig) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return None
+
+
+# ---------------------------------------------------------------- plan, checkpoints
+
+
+def batch_shape(cfg: TrainConfig, seq_len: int, world: int) -> tuple[int, int]:
+    """(gradient accumulation steps, tokens per optimizer step)."""
+    per_micro = seq_len * cfg.micro_batch_size * world
+    accum = cfg.gradient_accumulation_steps
+    if cfg.global_batch_tokens:
+        accum, rest = divmod(cfg.global_batch_tokens, per_micro)
+        if rest or not accum:
+            raise UserError(
+                f"recipe key 'global_batch_tokens': {cfg.global_batch_tokens:,} is not a multiple of seq_len x "
+                f"micro_batch_size x processes = {per_micro:,}"
+            )
+    return accum, per_micro * accum
+
+
+def make_plan(cfg: TrainConfig, curriculum: Curriculum, decay_source: dict | None) -> dict:
+    """Step counts of the schedule. A `decay_from` run stays stable up to the checkpoint's step N and then
+    decays for decay_fraction/(1 - decay_fraction) * N steps, i.e. the last decay_fraction of N + decay steps."""
+    if decay_source:
+        n = decay_source["step"]
+        if n < cfg.warmup_steps or n > decay_source["plan"]["decay_start"]:
+            raise UserError(f"recipe key 'decay_from': step {n} is not in the stable phase of its run")
+        decay = max(1, round(cfg.decay_fraction * n / (1 - cfg.decay_fraction)))
+        return {"max_steps": n + decay, "decay_steps": decay, "decay_start": n}
+    max_steps = cfg.max_steps or curriculum.total_steps
+    decay = round(cfg.decay_fraction * max_steps) if cfg.lr_scheduler == "wsd" else 0
+    if cfg.warmup_steps + decay > max_steps:
+        raise UserError(
+            f"recipe key 'warmup_steps': {cfg.warmup_steps} warmup + {decay} decay steps exceed max_steps {max_steps}"
+        )
+    return {"max_steps": max_steps, "decay_steps": decay, "decay_start": max_steps - decay}
+
+
+def read_checkpoint_state(path: Path, key: str) -> dict:
+    state_file = Path(path) / "trainer_state.json"
+    if not state_file.is_file():
+        raise UserError(f"{path}: recipe key {key!r}: not a pretrain checkpoint (no trainer_state.json)")
+    return json.loads(state_file.read_text())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep_last: int) -> None:
+    """Every rank writes its part into tmp-step-N; the main process adds the trainer state and renames it."""
+    step = state["step"]
+    tmp, final = root / f"tmp-step-{step:08d}", root / f"step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / "trainer_state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        kept = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in kept[: -keep_last] if keep_last else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Meter:
+    """Mean loss (over ranks) and tokens/s over the steps since the last log line."""
+
+    def __init__(self, device):
+        self.loss, self.steps, self.start = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def read(self, accelerator: Accelerator, tokens_per_step: int) -> tuple[float, float]:
+        loss = (accelerator.reduce(self.loss, "mean") / self.steps).item()
+        tokens_per_s = self.steps * tokens_per_step / (time.perf_counter() - self.start)
+        self.loss.zero_()
+        self.steps, self.start = 0, time.perf_counter()
+        return loss, tokens_per_s
+
+
+def check_resume(state: dict, identity: dict, where: Path) -> None:
+    for key in RESUME_KEYS:
+        if state["identity"][key] != identity[key]:
+            raise UserError(
+                f"{where}: recipe key {key!r} differs from the checkpoint's; use a new output_dir to change it"
+            )
+
+
+def replica_checksums(accelerator: Accelerator, model) -> list[float] | None:
+    """DDP replicas must hold the same weights: one checksum per rank, gathered for the record."""
+    if accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        return None
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    return accelerator.gather(checksum).tolist()
+
+
+def train(data: DataConfig, cfg: TrainConfig) -> Path:
+    """Tokenize if needed, train (resuming from the newest checkpoint), save the final checkpoint to output_dir."""
+    out, work = Path(cfg.output_dir), work_dir_of(cfg.output_dir)
+    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() not in ("", "none")]
+    accelerator = Accelerator(
+        # accelerate detects torchrun's ranks on CPU only when told it is on CPU (then: gloo DDP)
+        cpu=not torch.accelerator.is_available(), mixed_precision=cfg.mixed_precision, log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(work), logging_dir=str(work / "runs")),
+    )
+    main = accelerator.is_main_process
+    log = print if main else (lambda *_: None)
+    if out.exists():
+        raise UserError(f"{out}: recipe key 'output_dir' holds a finished run; choose another output_dir")
+    decay_source = read_checkpoint_state(Path(cfg.decay_from), "decay_from") if cfg.decay_from else None
+    accum, tokens_per_step = batch_shape(cfg, data.seq_len, accelerator.num_processes)
+
+    # Validation is over: from here on files are written (into <output_dir>.partial only).
+    with accelerator.main_process_first():
+        tokenizer = prepare(data, work, log)
+        work.mkdir(parents=True, exist_ok=True)
+    files = open_sources(data_dir_of(data, work), data.source_list, data.seq_len)
+    names = [s.name for s in data.source_list]
+    ckpt_root = work / "checkpoints"
+    resume = latest_checkpoint(ckpt_root)
+    if main:
+        for stale in ckpt_root.glob("tmp-step-*"):  # a save interrupted by a kill
+            shutil.rmtree(stale)
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    model = build_model(cfg, tokenizer)
+    set_seed(cfg.seed, device_specific=True)  # after init: any other randomness differs per rank
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    n_params = sum(p.numel() for p in model.parameters())
+    model_identity = {k: v for k, v in model.config.to_diff_dict().items() if k != "transformers_version"}
+    identity = json.loads(json.dumps({
+        "seq_len": data.seq_len, "micro_batch_size": cfg.micro_batch_size, "tokens_per_step": tokens_per_step,
+        "seed": cfg.seed, "model": model_identity | {"preset": cfg.model}, "vocab_size": len(tokenizer),
+    }))
+    # Where this run starts: its own newest checkpoint, else the decay_from checkpoint, else step 0.
+    state = read_checkpoint_state(resume, "output_dir") if resume else None
+    if state:
+        check_resume(state, identity, resume)
+    elif decay_source and decay_source["identity"]["model"] != identity["model"]:
+        raise UserError(f"{cfg.decay_from}: recipe key 'decay_from': checkpoint of a different model")
+    origin, origin_path = (state, resume) if state else (decay_source, cfg.decay_from)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon, fused=accelerator.device.type == "cuda",
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    decay_start = state["decay_from_step"] if state else (decay_source["step"] if decay_source else None)
+    curriculum = Curriculum(data.stage_list, names, tokens_per_step, decay_start=decay_start)
+    plan = state["plan"] if state else make_plan(cfg, curriculum, decay_source)
+    start = origin["step"] if origin else 0
+    if origin:
+        accelerator.load_state(str(origin_path))
+        log(f"resuming from {origin_path} at step {start}")
+    scheduler = make_scheduler(optimizer, cfg, plan, last_epoch=start - 1)
+    loader = PackedLoader(files, curriculum, data.seq_len, cfg.micro_batch_size, cfg.seed, accelerator.process_index)
+    source_tokens = np.array([origin["source_tokens"][n] if origin else 0 for n in names], dtype=np.int64)
+    history = [h for h in state["log_history"] if h["step"] <= start] if state else []
+    if main:  # the log as of the checkpoint: lines written after it are replayed by this run
+        (work / "log_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    fpt, peak = flops_per_token(accelerator.unwrap_model(model).config, n_params, data.seq_len), peak_flops(cfg)
+    max_steps = plan["max_steps"]
+    if main:
+        scalars = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(cfg.run_name, scalars)
+        log(f"{cfg.model}: {n_params:,} parameters; {max_steps} steps x {tokens_per_step:,} tokens "
+            f"({accelerator.num_processes} process(es), accumulation {accum})")
+
+    def trainer_state(step: int) -> dict:
+        return {
+            "step": step, "plan": plan, "identity": identity, "decay_from_step": decay_start,
+            "stage": data.stage_list[curriculum.stage_at(max(step - 1, 0))].name, "tokens": step * tokens_per_step,
+            "source_tokens": dict(zip(names, source_tokens.tolist())), "log_history": history,
+        }
+
+    model.train()
+    bar = tqdm(total=max_steps, initial=start, disable=not main, dynamic_ncols=True)
+    pending = np.zeros(len(names), dtype=np.int64)  # this rank's tokens per source since the last sync
+    meter, run_start = Meter(accelerator.device), time.perf_counter()
+    for step in range(start, max_steps):
+        for micro in range(accum):
+            batch, counts = loader.batch(step, micro)
+            pending += counts
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+            with accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext():
+                loss = model(**batch, use_cache=False).loss / accum
+                accelerator.backward(loss)
+            meter.loss += loss.detach()
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done, meter.steps = step + 1, meter.steps + 1
+        bar.update(1)
+        logging = done % cfg.logging_steps == 0 or done == max_steps
+        saving = cfg.save_steps and done % cfg.save_steps == 0
+        if logging or saving:  # the only collectives besides the gradients'
+            source_tokens += accelerator.reduce(torch.from_numpy(pending).to(accelerator.device), "sum").cpu().numpy()
+            pending[:] = 0
+        if logging:
+            loss_value, tps = meter.read(accelerator, tokens_per_step)
+            entry = {
+                "step": done, "loss": round(loss_value, 6), "lr": lr, "tokens": done * tokens_per_step,
+                "stage": data.stage_list[curriculum.stage_at(step)].name, "tokens_per_s": round(tps, 1),
+                "tflops": round(tps * fpt / 1e12, 4), **({"mfu": round(tps * fpt / peak, 4)} if peak else {}),
+                "source_tokens": dict(zip(names, source_tokens.tolist())),
+            }
+            history.append(entry)
+            accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}
+                            | {f"tokens_{n}": t for n, t in entry["source_tokens"].items()}, step=done)
+            if main:
+                with open(work / "log_history.jsonl", "a") as fh:
+                    fh.write(json.dumps(entry) + "\n")
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", stage=entry["stage"])
+        if saving:
+            save_checkpoint(accelerator, ckpt_root, trainer_state(done), cfg.keep_last)
+    bar.close()
+    wall = time.perf_counter() - run_start
+
+    replicas = replica_checksums(accelerator, model)
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    if main:
+        final = accelerator.unwrap_model(model)
+        final.config.use_cache = True
+        final.save_pretrained(work, state_dict=state_dict)
+        tokenizer.save_pretrained(work)
+        summary = trainer_state(max_steps) | {
+            "parameters": n_params, "world_size": accelerator.num_processes, "wall_s": round(wall, 2),
+            "tokens_per_s": round((max_steps - start) * tokens_per_step / max(wall, 1e-9), 1), "flops_per_token": fpt,
+            "replica_param_checksums": replicas, "config": dataclasses.asdict(data) | dataclasses.asdict(cfg),
+        }
+        summary.pop("log_history")
+        write_json(work / "pretrain_state.json", summary)
+        write_json(work / "log_history.json", history)
+        (work / "log_history.jsonl").unlink()
+        os.replace(work, out)
+        log(f"saved {out} ({max_steps} steps, {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s)")
+    accelerator.end_training()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    from posttrain.config import parse_recipe, recipe_help
+
+    if "-h" in argv or "--help" in argv:
+        print(recipe_help([DataConfig, TrainConfig], "pretrain train"))
+        return 0
+    data, cfg = parse_recipe([DataConfig, TrainConfig], argv)
+    train(data, cfg)
+    return 0

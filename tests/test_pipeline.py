@@ -1,0 +1,51 @@
+"""End to end: `posttrain pipeline` on the tiny recipes with a small budget (slow; CI runs it)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = {
+        "name": "e2e", "runs_dir": str(tmp_path),
+        "stages": {s: f"recipes/tiny/{s}.yaml" for s in ("pretrain", "midtrain", "sft", "dpo", "rlvr")},
+        "stage_overrides": {
+            "pretrain": {"max_steps": 30, "save_steps": 10, "warmup_steps": 3},
+            "midtrain": {"max_steps": 10}, "sft": {"max_steps": 60}, "dpo": {"max_steps": 3}, "rlvr": {"max_steps": 1},
+        },
+        "merge": {"models": ["rlvr", "midtrain"], "weights": [0.5, 0.5]},
+        "eval_datasets": [{"name": "arithmetic", "split": "test", "rows": 20, "levels": [1]},
+                          {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "rows": 2}],
+        "eval_max_new_tokens": 48, "eval_batch_size": 64,
+    }
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "posttrain", "pipeline", "--config", str(config)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+    run = tmp_path / "e2e"
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["stages"]) == ["pretrain", "midtrain", "sft", "dpo", "rlvr", "merge"]
+    for stage, entry in report["stages"].items():
+        assert entry["wall_s"] > 0
+        assert set(entry["modes"]) == {"think", "no_think"}
+        AutoModelForCausalLM.from_pretrained(run / stage)
+        AutoTokenizer.from_pretrained(run / stage)
+    # 60 SFT steps reliably teach the /no_think format (the empty block is in the prompt: answer directly)
+    assert report["stages"]["sft"]["modes"]["no_think"]["mode_adherence"] >= 0.8
+    assert (run / "report.md").is_file() and (run / "loss.png").is_file() and (run / "eval.png").is_file()
+
+    # re-run: every finished stage is skipped; --from redoes one stage and those after it
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert out.count("done in an earlier run, skipped") == 6
+    out = subprocess.run(cmd + ["--from", "merge"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert out.count("skipped") == 5 and "[pipeline] merge: -m posttrain merge" in out

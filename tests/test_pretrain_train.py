@@ -1,0 +1,222 @@
+"""pretrain.train end to end on the tiny preset: checkpoint output, loss, curriculum, WSD decay restart, recipes."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, SmolLM3ForCausalLM
+
+from posttrain.config import parse_recipe
+from posttrain.errors import UserError
+from pretrain.cli import main
+from pretrain.data import DataConfig
+from pretrain.train import TrainConfig, build_model, make_plan, make_scheduler, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain little from a second thread, and lose 3-5x when other processes share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_recipe(tmp_path, tokenizer_dir, shakespeare, **overrides) -> str:
+    """A recipe for a seconds-long run: two stages, the tiny preset, 64-token rows."""
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "tokenizer": str(tokenizer_dir),
+        "sources": [
+            {"name": "web", "type": "text", "path": str(shakespeare), "separator": "\n\n"},
+            {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 2000}},
+        ],
+        "stages": [
+            {"name": "mostly_web", "tokens": 16 * 512, "weights": {"web": 0.9, "sums": 0.1}},
+            {"name": "mostly_sums", "tokens": 14 * 512, "weights": {"web": 0.2, "sums": 0.8}},
+        ],
+        "seq_len": 64, "micro_batch_size": 4, "gradient_accumulation_steps": 2,
+        "learning_rate": 1e-2, "warmup_steps": 3, "decay_fraction": 0.2,
+        "save_steps": 5, "keep_last": 2, "logging_steps": 1, "seed": 0,
+    }
+    recipe.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_tokenizer_dir, shared_data):
+    tmp = tmp_path_factory.mktemp("train")
+    recipe = tiny_recipe(tmp, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt")
+    assert main(["train", "--config", recipe]) == 0
+    return tmp / "run", recipe
+
+
+def test_run_saves_a_loadable_checkpoint_with_the_hybrid_template(finished_run):
+    out, _ = finished_run
+    assert not out.with_name("run.partial").exists()  # renamed into place when complete
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert isinstance(model, SmolLM3ForCausalLM) and (out / "model.safetensors").is_file()
+    assert model.config.vocab_size == len(tok) and model.config.bos_token_id == tok.bos_token_id
+    assert "{% generation %}" in tok.chat_template and tok.eos_token == "<|im_end|>"
+    ids = tok("To be or not", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_log_history_has_every_step_and_the_loss_falls(finished_run):
+    out, _ = finished_run
+    history = json.loads((out / "log_history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, 31))  # (16 + 14) x 512 tokens / 512 per step
+    assert all({"step", "loss", "lr", "tokens", "stage", "tokens_per_s"} <= set(h) for h in history)
+    assert history[-1]["tokens"] == 30 * 4 * 2 * 64
+    first, last = history[0]["loss"], sum(h["loss"] for h in history[-5:]) / 5
+    assert first > math.log(512) - 0.5 and last < first - 1.5, (first, last)
+    stages = [h["stage"] for h in history]
+    assert stages[:16] == ["mostly_web"] * 16 and stages[16:] == ["mostly_sums"] * 14
+
+
+def test_schedule_is_wsd_with_linear_warmup_and_decay(finished_run):
+    out, _ = finished_run
+    lrs = [h["lr"] for h in json.loads((out / "log_history.json").read_text())]
+    assert lrs[:4] == pytest.approx([0, 1e-2 / 3, 2e-2 / 3, 1e-2])  # warmup 3 steps
+    assert lrs[3:24] == pytest.approx([1e-2] * 21)  # stable until the last 20% (6 steps)
+    assert lrs[24:] == pytest.approx([1e-2 * (1 - k / 6) for k in range(6)])
+
+
+def test_state_counts_tokens_per_source_and_checkpoints_rotate(finished_run):
+    out, _ = finished_run
+    state = json.loads((out / "pretrain_state.json").read_text())
+    assert state["step"] == 30 and sum(state["source_tokens"].values()) == state["tokens"] == 30 * 512
+    assert state["source_tokens"]["web"] > state["source_tokens"]["sums"] > 0
+    assert state["stage"] == "mostly_sums"
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert steps == ["step-00000025", "step-00000030"]  # keep_last: 2
+    ckpt = json.loads((out / "checkpoints" / "step-00000025" / "trainer_state.json").read_text())
+    assert ckpt["step"] == 25 and ckpt["stage"] == "mostly_sums" and sum(ckpt["source_tokens"].values()) == 25 * 512
+
+
+def test_finished_output_dir_is_never_overwritten(finished_run, capsys):
+    out, recipe = finished_run
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(SystemExit):
+        main(["train", "--config", recipe])
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_decay_restarts_from_a_stable_checkpoint_without_retraining(tmp_path, tiny_tokenizer_dir, shared_data):
+    """Train 10 stable steps (no decay), then branch a decay off step 10 into a new run."""
+    shakespeare = shared_data / "text" / "tinyshakespeare.txt"
+    stable = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, max_steps=10, decay_fraction=0.0, save_steps=10)
+    main(["train", "--config", stable])
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000010"
+    stable_loss = json.loads((tmp_path / "run" / "log_history.json").read_text())[-1]["loss"]
+    decay = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, output_dir=str(tmp_path / "decayed"),
+                        decay_from=str(checkpoint), decay_fraction=0.25, save_steps=0)
+    main(["train", "--config", decay])
+    history = json.loads((tmp_path / "decayed" / "log_history.json").read_text())
+    assert [h["step"] for h in history] == list(range(11, 14))  # 0.25 / 0.75 x 10 = 3.3 -> 3 decay steps
+    assert [h["lr"] for h in history] == pytest.approx([1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
+    assert all(h["stage"] == "mostly_sums" for h in history)  # the decay trains on the last stage's mixture
+    assert history[0]["loss"] < stable_loss + 1.0  # it continued the trained weights, not a fresh init (~6.2)
+    assert history[0]["loss"] < math.log(512) - 1.0
+
+
+def test_decay_from_a_checkpoint_past_the_stable_phase_is_refused(
+    finished_run, tmp_path, tiny_tokenizer_dir, shared_data, capsys
+):
+    out, _ = finished_run
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt",
+                         decay_from=str(out / "checkpoints" / "step-00000030"))
+    with pytest.raises(SystemExit):
+        main(["train", "--config", recipe])
+    assert "step 30 is not in the stable phase" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings(tiny_tokenizer):
+    cfg = TrainConfig(output_dir="x")
+    model = build_model(cfg, tiny_tokenizer)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "model.embed_tokens.weight" in no_decay_names and "model.norm.weight" in no_decay_names
+    assert all("norm" in n or "embed" in n for n in no_decay_names)
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"} <= decayed
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight.std(), torch.tensor(0.02), atol=2e-3, rtol=0)
+
+
+def test_cosine_schedule_for_comparison():
+    cfg = TrainConfig(output_dir="x", lr_scheduler="cosine", warmup_steps=2, learning_rate=1.0, min_lr_ratio=0.1)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, cfg, {"max_steps": 12, "decay_steps": 0, "decay_start": 12}, last_epoch=-1)
+    lrs = []
+    for _ in range(12):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:3] == pytest.approx([0, 0.5, 1.0]) and lrs[-1] == pytest.approx(0.1, abs=0.03)
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_tiny_recipe_parses_to_a_two_stage_mixture():
+    data, cfg = parse_recipe([DataConfig, TrainConfig], ["--config", str(ROOT / "recipes/tiny/pretrain.yaml")])
+    assert cfg.model == "tiny" and data.tokenizer["vocab_size"] == 1024
+    assert [s.name for s in data.source_list] == ["web", "task"]
+    assert data.source_list[1].callable == "posttrain.task:pretraining_documents"
+    assert data.stage_list[0].weights["web"] > data.stage_list[1].weights["web"]
+
+
+def test_smollm3_recipe_builds_the_3b_model_on_the_meta_device(tmp_path):
+    """The published SmolLM3-3B setup: built (not trained) with the Llama-3 tokenizer."""
+    from pretrain.data import Curriculum, token_dtype
+    from pretrain.tokenizer import build_llama3
+
+    tokenizer = build_llama3(tmp_path / "llama3")
+    argv = ["--config", str(ROOT / "recipes/smollm3/pretrain.yaml"), "--tokenizer", str(tmp_path / "llama3")]
+    data, cfg = parse_recipe([DataConfig, TrainConfig], argv)
+    adamw = (cfg.learning_rate, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.weight_decay)
+    assert adamw == (2e-4, 0.9, 0.95, 1e-8, 0.1)
+    assert (cfg.lr_scheduler, cfg.warmup_steps, cfg.decay_fraction, data.seq_len) == ("wsd", 2000, 0.1, 4096)
+    assert [s.weights for s in data.stage_list][0] == {"web": 0.85, "code": 0.12, "math": 0.03}
+    assert sum(s.tokens for s in data.stage_list) == 11_100_000_000_000
+    with pytest.raises(UserError, match="uint16 cannot hold"):
+        token_dtype(tokenizer, "uint16")
+    with torch.device("meta"):
+        model = build_model(cfg, tokenizer)
+    assert sum(p.numel() for p in model.parameters()) == 3_075_098_624
+    from pretrain.train import batch_shape
+
+    accum, tokens_per_step = batch_shape(cfg, data.seq_len, world=8)
+    assert tokens_per_step == 2_359_296 and accum == 24  # 2.36M-token global batch on one 8-GPU node
+    plan = make_plan(cfg, Curriculum(data.stage_list, ["web", "code", "math"], tokens_per_step), None)
+    assert plan["max_steps"] == math.ceil(11.1e12 / 2_359_296) and plan["decay_steps"] == round(0.1 * plan["max_steps"])
+
+
+@pytest.mark.slow
+def test_tiny_recipe_pretrains_with_one_command(tmp_path):
+    """The recipe as shipped (~2.5 minutes): one command, the loss falls clearly, the checkpoint loads, and
+    the rendered system block is short with the recipe's tokenizer."""
+    out = tmp_path / "pretrain"
+    cmd = [sys.executable, "-m", "pretrain.cli", "train", "--config", "recipes/tiny/pretrain.yaml"]
+    subprocess.run([*cmd, "--output_dir", str(out)], cwd=ROOT, check=True, capture_output=True)
+    history = json.loads((out / "log_history.json").read_text())
+    assert history[-1]["step"] == 245 and {h["stage"] for h in history} == {"web", "task"}
+    assert history[0]["loss"] > 6.0 and history[-1]["loss"] < 3.0
+    tok = AutoTokenizer.from_pretrained(out)
+    AutoModelForCausalLM.from_pretrained(out)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12+30?"}], tokenize=False,
+                                     add_generation_prompt=True, enable_thinking=True)
+    assert len(tok(prompt, add_special_tokens=False)["input_ids"]) < 90

