@@ -98,7 +98,7 @@ def main() -> None:
 
     print(json.dumps({
         "seq_len": seq_len, "micro_batch_size": micro, "steps": args.steps, "deep_step": deep_step,
-        "torch_threads": torch.get_num_threads(), "load_average_1m": round(os.getloadavg()[0], 2),
+        "train_torch_threads": torch.get_num_threads(), "load_average_1m": round(os.getloadavg()[0], 2),
         "loader_tokens_per_s": round(start_rate), "loader_deep_tokens_per_s": round(deep_rate),
         "deep_vs_start_ratio": round(deep_rate / start_rate, 3),
         "datasets_tokens_per_s": round(datasets_rate), "vs_datasets_ratio": round(start_rate / datasets_rate, 2),

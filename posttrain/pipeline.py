@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -128,11 +129,18 @@ def run(args: PipelineArguments) -> dict:
                 cmd = _merge_command(args.merge, outputs, out)
             else:
                 cmd = _stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
+            previous = out.with_name(out.name + ".previous")
+            if out.is_dir():  # redone (--from): stages refuse to overwrite, so keep the old one aside until success
+                shutil.rmtree(previous, ignore_errors=True)
+                out.rename(previous)
             print(f"[pipeline] {stage}: {' '.join(cmd[1:])}", flush=True)
             start = time.perf_counter()
             code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             if code != 0:
+                if previous.is_dir() and not out.exists():
+                    previous.rename(out)
                 raise UserError(f"stage {stage} failed (exit {code}); finished stages are kept, re-run to resume")
+            shutil.rmtree(previous, ignore_errors=True)
             state[stage] = {"wall_s": round(time.perf_counter() - start, 1)}
             if eval_prompts is not None:
                 print(f"[pipeline] {stage}: evaluating {len(eval_prompts)} prompts", flush=True)

@@ -22,7 +22,7 @@ from posttrain.errors import UserError
 
 # Stage defaults under the recipe. Packing stays TRL's default (off): BFD packing is padding-free, i.e. one
 # flattened row per batch, and without flash-attention (CPU: sdpa) attention then costs (total tokens)^2 instead
-# of sum(row^2) -- measured ~2x fewer rows/s than padding on the tiny recipe (bench/sft_packing.py). Turn it on with
+# of sum(row^2) -- measured 15 vs 41 rows/s for padding on the tiny recipe (bench/sft_packing.py). Turn it on with
 # flash_attention_2 on GPUs (recipes/smollm3/sft.yaml).
 SFT_DEFAULTS = {"assistant_only_loss": True}
 

@@ -196,6 +196,7 @@ def good_recipe(tmp_path, tiny_tokenizer_dir, shared_data):
         ("unknown_source", r"stages\[0\]' \(s\): weights name unknown source 'code'"),
         ("uint16_vocab", r"'token_dtype': uint16 cannot hold the ids of a 70,000-token vocabulary"),
         ("bad_row", r"rows\.jsonl: row 2: field 'text' is missing"),
+        ("no_stages", r"recipe key 'stages': give at least one"),
     ],
 )
 def test_bad_input_stops_before_training_with_one_line(case, expected, good_recipe, tmp_path, capsys, shared_data):
@@ -212,6 +213,8 @@ def test_bad_input_stops_before_training_with_one_line(case, expected, good_reci
     elif case == "uint16_vocab":
         spec = {"files": [str(shared_data / "text" / "tinyshakespeare.txt")], "vocab_size": 70000}
         recipe.update(tokenizer=spec, token_dtype="uint16")
+    elif case == "no_stages":
+        recipe["stages"] = []
     elif case == "bad_row":
         with open(recipe["sources"][1]["path"], "a") as fh:
             fh.write(json.dumps({"body": "no text field"}) + "\n")
