@@ -51,8 +51,8 @@ def tokenize_command(argv: list[str]) -> None:
     from pathlib import Path
 
     from posttrain.config import parse_recipe, recipe_help
-    from pretrain.data import DataConfig, prepare
-    from pretrain.train import TrainConfig, work_dir_of
+    from pretrain.data import DataConfig, check_inputs, prepare
+    from pretrain.train import TOKENIZE_KEYS, TrainConfig, check_resume, work_dir_of
 
     if "-h" in argv or "--help" in argv:
         print(recipe_help([DataConfig, TrainConfig], "pretrain tokenize"))
@@ -60,6 +60,8 @@ def tokenize_command(argv: list[str]) -> None:
     data, cfg = parse_recipe([DataConfig, TrainConfig], argv)
     if Path(cfg.output_dir).exists():
         raise UserError(f"{cfg.output_dir}: recipe key 'output_dir' holds a finished run; choose another output_dir")
+    check_inputs(data)
+    check_resume(data, cfg, tokens_per_step=None, keys=TOKENIZE_KEYS)  # the world size is the run's
     prepare(data, work_dir_of(cfg.output_dir))
 
 

@@ -47,6 +47,7 @@ SOURCE_KEYS = {"name", "type", "path", "field", "separator", "callable", "kwargs
 STAGE_KEYS = {"name", "tokens", "weights"}
 TOKENIZER_SPEC_KEYS = {"files", "vocab_size", "texts", "repeat_texts", "sources"}
 ENCODE_BATCH = 1000  # documents per tokenizer call: batched in Rust, bounded memory
+STAMP_FILE = "pretrain_tokenizer_spec.json"  # in a trained tokenizer's directory: what it was trained from
 
 
 @dataclass
@@ -196,6 +197,8 @@ def check_tokenizer_spec(spec: dict, source_names: list[str]) -> None:
             f"recipe key 'tokenizer': unknown field {sorted(unknown)[0]!r} "
             f"(fields: {', '.join(sorted(TOKENIZER_SPEC_KEYS))})"
         )
+    if "vocab_size" not in spec:
+        raise UserError("recipe key 'tokenizer': field 'vocab_size' is required to train a tokenizer")
     for key in ("vocab_size", "repeat_texts"):
         value = spec.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -233,21 +236,20 @@ def load_callable(source: Source):
 
 
 def check_source(source: Source) -> None:
-    """Fail before anything is written: files exist and are not empty, generators import."""
-    if source.type == "generator":
-        load_callable(source)
-    else:
-        source_files(source)
+    """Fail before anything is written: files exist and are not empty, generators import, and the source
+    has a non-blank document (reading up to the first one; a generator is called)."""
+    if next(iter_documents(source), None) is None:
+        raise UserError(f"source {source.name!r} ({source.path or source.callable}): no non-blank documents")
 
 
 def iter_documents(source: Source) -> Iterator[str]:
-    """The source's documents as strings (empty ones skipped); bad rows name file, row and field."""
+    """The source's documents as strings (blank ones skipped); bad rows name file, row and field."""
     if source.type == "generator":
         docs = load_callable(source)(**source.kwargs)
         for i, doc in enumerate(docs):
             if not isinstance(doc, str):
                 raise UserError(f"source {source.name!r}: {source.callable} item {i} is {type(doc).__name__}, not str")
-            if doc:
+            if doc.strip():
                 yield doc
         return
     for path in source_files(source):
@@ -267,13 +269,15 @@ def iter_documents(source: Source) -> Iterator[str]:
                     raise UserError(f"{path}: row {row}: field {source.field!r} is missing") from None
                 if not isinstance(value, str):
                     raise UserError(f"{path}: row {row}: field {source.field!r} must be a string")
-                if value:
+                if value.strip():
                     yield value
 
 
 def check_inputs(data: DataConfig) -> None:
-    """Every check that needs no writing: source files and generators, the tokenizer directory or spec files,
-    the token dtype against the vocabulary size. Run before anything is written."""
+    """Every check that needs no writing: sources (each with a non-blank document), the tokenizer directory
+    or spec files, the token dtype against the vocabulary size. Run before `prepare`."""
+    from pretrain.tokenizer import bpe_size
+
     for source in data.source_list:
         check_source(source)
     if isinstance(data.tokenizer, str):
@@ -283,18 +287,14 @@ def check_inputs(data: DataConfig) -> None:
     for f in data.tokenizer.get("files", []):
         if not Path(f).is_file() or Path(f).stat().st_size == 0:
             raise UserError(f"{f}: recipe key 'tokenizer' field 'files': file is missing or empty")
-    if data.token_dtype == "uint16" and data.tokenizer["vocab_size"] > 2**16:
-        raise UserError(
-            f"recipe key 'token_dtype': uint16 cannot hold the ids of a {data.tokenizer['vocab_size']:,}-token "
-            "vocabulary (max 65,536); use auto or uint32"
-        )
+    token_dtype(bpe_size(data.tokenizer["vocab_size"]), data.token_dtype)
 
 
 # ---------------------------------------------------------------- tokenize once
 
 
-def token_dtype(tokenizer, requested: str = "auto") -> np.dtype:
-    vocab = len(tokenizer)
+def token_dtype(vocab: int, requested: str = "auto") -> np.dtype:
+    """The token files' dtype for a `vocab`-token vocabulary."""
     if requested == "uint16" and vocab > 2**16:
         raise UserError(
             f"recipe key 'token_dtype': uint16 cannot hold the ids of a {vocab:,}-token vocabulary "
@@ -396,13 +396,23 @@ def tokenize(sources: list[Source], tokenizer, data_dir: Path, dtype: np.dtype, 
 # ---------------------------------------------------------------- the tokenizer
 
 
-def prepare_tokenizer(data: DataConfig, tokenizer_dir: Path):
-    """A tokenizer directory is loaded and checked for the hybrid tokens; a spec is trained into
-    `tokenizer_dir` once and reused while the spec and its inputs are unchanged."""
+def tokenizer_stamp(data: DataConfig) -> dict:
+    """What a tokenizer spec trains from: the spec and its files' and sources' fingerprints."""
+    by_name = {s.name: s for s in data.source_list}
+    return json.loads(json.dumps({
+        "spec": data.tokenizer,
+        "files": [file_stamp(Path(f)) for f in data.tokenizer.get("files", [])],
+        "sources": [source_fingerprint(by_name[n]) for n in data.tokenizer.get("sources", [])],
+    }))
+
+
+def load_tokenizer(data: DataConfig, tokenizer_dir: Path):
+    """The recipe's tokenizer as it exists, writing nothing: the `tokenizer` directory (checked for the hybrid
+    tokens), or the one trained from the spec into `tokenizer_dir` while the spec and its inputs are
+    unchanged; None when the spec's tokenizer is still to be trained."""
     from transformers import AutoTokenizer
 
     from posttrain.chat_template import SPECIAL_TOKENS, attach_template
-    from pretrain.tokenizer import train_bpe
 
     if isinstance(data.tokenizer, str):
         tok = AutoTokenizer.from_pretrained(data.tokenizer)
@@ -415,22 +425,29 @@ def prepare_tokenizer(data: DataConfig, tokenizer_dir: Path):
                     "build one with `pretrain tokenizer`"
                 )
         return attach_template(tok)
+    stamp_file = tokenizer_dir / STAMP_FILE
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == tokenizer_stamp(data):
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    return None
+
+
+def prepare_tokenizer(data: DataConfig, tokenizer_dir: Path):
+    """`load_tokenizer`, else the spec's tokenizer trained into `tokenizer_dir`."""
+    from transformers import AutoTokenizer
+
+    from pretrain.tokenizer import train_bpe
+
+    tok = load_tokenizer(data, tokenizer_dir)
+    if tok is not None:
+        return tok
     spec = data.tokenizer
     by_name = {s.name: s for s in data.source_list}
-    stamp = {
-        "spec": spec,
-        "files": [file_stamp(Path(f)) for f in spec.get("files", [])],
-        "sources": [source_fingerprint(by_name[n]) for n in spec.get("sources", [])],
-    }
-    stamp_file = tokenizer_dir / "pretrain_tokenizer_spec.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
-        return AutoTokenizer.from_pretrained(tokenizer_dir)
     texts = list(spec.get("texts", [])) * spec.get("repeat_texts", 1)
     texts += [doc for name in spec.get("sources", []) for doc in iter_documents(by_name[name])]
     tmp = tokenizer_dir.with_name(tokenizer_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     train_bpe(spec.get("files", []), spec["vocab_size"], tmp, texts=texts)
-    (tmp / stamp_file.name).write_text(json.dumps(stamp, indent=1))
+    (tmp / STAMP_FILE).write_text(json.dumps(tokenizer_stamp(data), indent=1))
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     os.replace(tmp, tokenizer_dir)
     return AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -441,11 +458,11 @@ def data_dir_of(data: DataConfig, work_dir: Path) -> Path:
 
 
 def prepare(data: DataConfig, work_dir: Path, log=print):
-    """`pretrain tokenize`: check the inputs, then the tokenizer (trained once) and the token files (made
-    when missing or stale). Returns the tokenizer."""
-    check_inputs(data)
+    """The tokenizer (trained once) and the token files (made when missing or stale); returns the tokenizer.
+    It writes: callers run `check_inputs` first (and, in a run with checkpoints, the resume check)."""
     tokenizer = prepare_tokenizer(data, Path(work_dir) / "tokenizer")
-    tokenize(data.source_list, tokenizer, data_dir_of(data, work_dir), token_dtype(tokenizer, data.token_dtype), log)
+    dtype = token_dtype(len(tokenizer), data.token_dtype)
+    tokenize(data.source_list, tokenizer, data_dir_of(data, work_dir), dtype, log)
     return tokenizer
 
 

@@ -33,6 +33,11 @@ def _finish(tokenizer_object: Tokenizer, output_dir: str | Path, bos: str, pad: 
     return tok
 
 
+def bpe_size(vocab_size: int) -> int:
+    """The most tokens `train_bpe(vocab_size=...)` gives: the think tags come on top of `vocab_size`."""
+    return vocab_size + len(THINK_TOKENS)
+
+
 def train_bpe(files: Iterable[str | Path], vocab_size: int, output_dir: str | Path, texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `files` (plus in-memory `texts`, e.g. rendered chat-template text so the
     fixed system block compresses well) and save it with the hybrid template to `output_dir`."""

@@ -12,13 +12,16 @@ Run layout (the project's atomic-output rule: a run writes into `<output_dir>.pa
 
     <output_dir>.partial/tokenizer/            trained tokenizer (tokenizer spec in the recipe)
                          tokens/               token files (unless `data_dir` is set)
-                         checkpoints/step-N/   model, optimizer, RNG states + trainer_state.json
+                         checkpoints/step-N/   model, optimizer, RNG states + trainer_state.json (step, plan,
+                                               curriculum state and the run's identity)
                          log_history.jsonl     one {step, loss, lr, tokens, stage, ...} line per log step
     then model.safetensors, config.json, tokenizer files, pretrain_state.json and log_history.json (the same
     entries as one list, what the pipeline plots), and the rename.
 
 Checkpoints are written to `checkpoints/tmp-step-N` and renamed when complete; re-running the same command
-resumes from the newest one (after a kill -9 too) and continues the same loss curve.
+resumes from the newest one (after a kill -9 too) and continues the same loss curve: the log is cut back to
+the checkpoint's step and the steps after it are replayed. A changed recipe (data, tokenizer, model, batch)
+is refused before the tokenizer or token files are touched.
 """
 
 from __future__ import annotations
@@ -42,15 +45,23 @@ from transformers import SmolLM3ForCausalLM, get_cosine_with_min_lr_schedule_wit
 from transformers.trainer_pt_utils import get_parameter_names
 
 from posttrain.errors import UserError
-from pretrain.data import Curriculum, DataConfig, PackedLoader, data_dir_of, open_sources, prepare
+from pretrain.data import (
+    Curriculum, DataConfig, PackedLoader, check_inputs, data_dir_of, load_tokenizer, open_sources, prepare,
+    source_fingerprint, tokenizer_hash,
+)
 from pretrain.presets import model_config
 
 # transformers' no-weight-decay name patterns (Trainer.get_decay_parameter_names); embeddings are excluded by type.
 NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 # Dense bf16 peak of known accelerators, for MFU when `peak_tflops` is not set.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
-# Keys a resumed run must share with its checkpoint: they fix what every step's batch is.
-RESUME_KEYS = ("seq_len", "micro_batch_size", "tokens_per_step", "seed", "model", "vocab_size")
+# What a resumed run must share with its checkpoint (`run_identity`), in the order checked: the data before
+# the tokenizer trained on it. tokens_per_step = seq_len x micro_batch_size x processes x accumulation.
+RESUME_KEYS = ("seq_len", "micro_batch_size", "tokens_per_step", "seed", "stages", "sources", "tokenizer", "model")
+# What `pretrain tokenize` would rewrite under a run that has checkpoints.
+TOKENIZE_KEYS = ("sources", "tokenizer")
+# What a `decay_from` run continues: the model and the shape of its batches (its data may be new).
+DECAY_KEYS = ("seq_len", "micro_batch_size", "tokens_per_step", "tokenizer", "model")
 
 
 @dataclass
@@ -131,6 +142,11 @@ class TrainConfig:
         for key in ("micro_batch_size", "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"recipe key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.save_steps % self.logging_steps:  # a log line averages the steps since the last one
+            raise UserError(
+                f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'logging_steps' "
+                f"({self.logging_steps}): only then does a resumed run log what an uninterrupted one does"
+            )
         if not 0 <= self.decay_fraction < 1:
             raise UserError(f"recipe key 'decay_fraction' must be in [0, 1), got {self.decay_fraction}")
         if self.decay_from and self.lr_scheduler != "wsd":
@@ -144,14 +160,19 @@ def work_dir_of(output_dir: str | Path) -> Path:
 # ---------------------------------------------------------------- model and optimizer
 
 
+def model_config_of(cfg: TrainConfig, tokenizer):
+    """The run's SmolLM3Config: the preset sized to the tokenizer, with the recipe's overrides."""
+    return model_config(
+        cfg.model, tokenizer=tokenizer, attn_implementation=cfg.attn_implementation, **cfg.model_overrides
+    )
+
+
 def build_model(cfg: TrainConfig, tokenizer) -> SmolLM3ForCausalLM:
     """Random init with the config's std, seeded with `seed` on every rank: data-parallel replicas start
     identical, and under FSDP each rank's shard is a slice of the one full initialisation, so shards are
     never copies of each other (the seed's tensor-parallel bug: each rank initialised its own shard from
     the same seed)."""
-    config = model_config(
-        cfg.model, tokenizer=tokenizer, attn_implementation=cfg.attn_implementation, **cfg.model_overrides
-    )
+    config = model_config_of(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     return SmolLM3ForCausalLM(config)
 
@@ -180,8 +201,17 @@ def make_scheduler(optimizer, cfg: TrainConfig, plan: dict, last_epoch: int):
 
 
 def flops_per_token(config, n_params: int, seq_len: int) -> float:
-    """6N for the matmuls plus causal attention, 6·L·s·d (the formula FACTS.md's MFU figures use)."""
+    """6N for the matmuls plus causal attention, 6·L·s·d (the formula ../shared/FACTS.md's MFU figures use)."""
     return 6 * n_params + 6 * config.num_hidden_layers * seq_len * config.hidden_size
+
+
+def throughput(tokens_per_s: float, fpt: float, peak: float | None, num_processes: int) -> dict:
+    """Log fields for the whole job's tokens/s: its achieved TFLOP/s and, with a known per-device peak, MFU
+    against the peak of all `num_processes` devices (the tokens are every process's)."""
+    fields = {"tokens_per_s": round(tokens_per_s, 1), "tflops": round(tokens_per_s * fpt / 1e12, 4)}
+    if peak:
+        fields["mfu"] = round(tokens_per_s * fpt / (num_processes * peak), 4)
+    return fields
 
 
 def peak_flops(cfg: TrainConfig) -> float | None:
@@ -282,12 +312,58 @@ class Meter:
         return loss, tokens_per_s
 
 
-def check_resume(state: dict, identity: dict, where: Path) -> None:
-    for key in RESUME_KEYS:
-        if state["identity"][key] != identity[key]:
-            raise UserError(
-                f"{where}: recipe key {key!r} differs from the checkpoint's; use a new output_dir to change it"
-            )
+def run_identity(data: DataConfig, cfg: TrainConfig, tokens_per_step: int | None, tokenizer) -> dict:
+    """What fixes every step's batch and the model, JSON-normalised to compare with a checkpoint's.
+    `tokenizer` None (a spec whose tokenizer is still to be trained) leaves 'tokenizer' and 'model' unset;
+    `tokens_per_step` None: the world size is unknown (`pretrain tokenize`)."""
+    identity = {
+        "seq_len": data.seq_len, "micro_batch_size": cfg.micro_batch_size, "tokens_per_step": tokens_per_step,
+        "seed": cfg.seed, "stages": [dataclasses.asdict(s) for s in data.stage_list],
+        "sources": {s.name: source_fingerprint(s) for s in data.source_list}, "tokenizer": None, "model": None,
+    }
+    if tokenizer is not None:
+        model = model_config_of(cfg, tokenizer).to_diff_dict()
+        model = {k: v for k, v in model.items() if k != "transformers_version"} | {"preset": cfg.model}
+        identity |= {"tokenizer": tokenizer_hash(tokenizer), "model": model}
+    return json.loads(json.dumps(identity))
+
+
+def check_identity(saved: dict, identity: dict, keys: tuple[str, ...], where: str, advice: str = "") -> None:
+    """One line naming the first key whose value differs from the checkpoint's."""
+    for key in keys:
+        if saved.get(key) != identity[key]:
+            raise UserError(f"{where}: this run's {key!r} differs from the checkpoint's{advice}")
+
+
+def check_resume(data: DataConfig, cfg: TrainConfig, tokens_per_step: int | None,
+                 keys: tuple[str, ...] = RESUME_KEYS) -> tuple[Path | None, dict | None]:
+    """The newest complete checkpoint in <output_dir>.partial and its state, once the recipe is checked to
+    continue it on `keys`. It reads only, and runs before the tokenizer and token files are (re)made: a
+    changed spec or source would otherwise overwrite what the checkpoint was trained on."""
+    work = work_dir_of(cfg.output_dir)
+    resume = latest_checkpoint(work / "checkpoints")
+    if resume is None:
+        return None, None
+    state = read_checkpoint_state(resume, "output_dir")
+    identity = run_identity(data, cfg, tokens_per_step, load_tokenizer(data, work / "tokenizer"))
+    check_identity(state["identity"], identity, keys, str(resume), "; use a new output_dir to change it")
+    return resume, state
+
+
+def log_up_to(path: Path, step: int) -> list[dict]:
+    """The log entries up to `step` (the run's start), with the file cut back to them: the run replays the
+    lines after its checkpoint (and drops one a kill cut short, which has no newline); a run that starts
+    afresh drops every line of an attempt that died before its first checkpoint."""
+    history, keep = [], 0
+    if path.is_file():
+        for line in path.read_bytes().split(b"\n")[:-1]:
+            entry = json.loads(line)
+            if entry["step"] > step:
+                break
+            history.append(entry)
+            keep += len(line) + 1
+        os.truncate(path, keep)
+    return history
 
 
 def replica_checksums(accelerator: Accelerator, model) -> list[float] | None:
@@ -313,15 +389,19 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
         raise UserError(f"{out}: recipe key 'output_dir' holds a finished run; choose another output_dir")
     decay_source = read_checkpoint_state(Path(cfg.decay_from), "decay_from") if cfg.decay_from else None
     accum, tokens_per_step = batch_shape(cfg, data.seq_len, accelerator.num_processes)
+    check_inputs(data)
+    resume, state = check_resume(data, cfg, tokens_per_step)
 
     # Validation is over: from here on files are written (into <output_dir>.partial only).
     with accelerator.main_process_first():
         tokenizer = prepare(data, work, log)
         work.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(data, cfg, tokens_per_step, tokenizer)
+    if decay_source:  # needs the tokenizer, so it comes after prepare: only a new run's own files are written
+        check_identity(decay_source["identity"], identity, DECAY_KEYS, f"{cfg.decay_from}: recipe key 'decay_from'")
     files = open_sources(data_dir_of(data, work), data.source_list, data.seq_len)
     names = [s.name for s in data.source_list]
     ckpt_root = work / "checkpoints"
-    resume = latest_checkpoint(ckpt_root)
     if main:
         for stale in ckpt_root.glob("tmp-step-*"):  # a save interrupted by a kill
             shutil.rmtree(stale)
@@ -333,17 +413,7 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
-    model_identity = {k: v for k, v in model.config.to_diff_dict().items() if k != "transformers_version"}
-    identity = json.loads(json.dumps({
-        "seq_len": data.seq_len, "micro_batch_size": cfg.micro_batch_size, "tokens_per_step": tokens_per_step,
-        "seed": cfg.seed, "model": model_identity | {"preset": cfg.model}, "vocab_size": len(tokenizer),
-    }))
     # Where this run starts: its own newest checkpoint, else the decay_from checkpoint, else step 0.
-    state = read_checkpoint_state(resume, "output_dir") if resume else None
-    if state:
-        check_resume(state, identity, resume)
-    elif decay_source and decay_source["identity"]["model"] != identity["model"]:
-        raise UserError(f"{cfg.decay_from}: recipe key 'decay_from': checkpoint of a different model")
     origin, origin_path = (state, resume) if state else (decay_source, cfg.decay_from)
 
     optimizer = torch.optim.AdamW(
@@ -361,9 +431,7 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
     scheduler = make_scheduler(optimizer, cfg, plan, last_epoch=start - 1)
     loader = PackedLoader(files, curriculum, data.seq_len, cfg.micro_batch_size, cfg.seed, accelerator.process_index)
     source_tokens = np.array([origin["source_tokens"][n] if origin else 0 for n in names], dtype=np.int64)
-    history = [h for h in state["log_history"] if h["step"] <= start] if state else []
-    if main:  # the log as of the checkpoint: lines written after it are replayed by this run
-        (work / "log_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    history = log_up_to(work / "log_history.jsonl", start) if main else []
     fpt, peak = flops_per_token(accelerator.unwrap_model(model).config, n_params, data.seq_len), peak_flops(cfg)
     max_steps = plan["max_steps"]
     if main:
@@ -376,7 +444,7 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
         return {
             "step": step, "plan": plan, "identity": identity, "decay_from_step": decay_start,
             "stage": data.stage_list[curriculum.stage_at(max(step - 1, 0))].name, "tokens": step * tokens_per_step,
-            "source_tokens": dict(zip(names, source_tokens.tolist())), "log_history": history,
+            "source_tokens": dict(zip(names, source_tokens.tolist())),
         }
 
     model.train()
@@ -409,8 +477,8 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
             loss_value, tps = meter.read(accelerator, tokens_per_step)
             entry = {
                 "step": done, "loss": round(loss_value, 6), "lr": lr, "tokens": done * tokens_per_step,
-                "stage": data.stage_list[curriculum.stage_at(step)].name, "tokens_per_s": round(tps, 1),
-                "tflops": round(tps * fpt / 1e12, 4), **({"mfu": round(tps * fpt / peak, 4)} if peak else {}),
+                "stage": data.stage_list[curriculum.stage_at(step)].name,
+                **throughput(tps, fpt, peak, accelerator.num_processes),
                 "source_tokens": dict(zip(names, source_tokens.tolist())),
             }
             history.append(entry)
@@ -435,10 +503,10 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
         tokenizer.save_pretrained(work)
         summary = trainer_state(max_steps) | {
             "parameters": n_params, "world_size": accelerator.num_processes, "wall_s": round(wall, 2),
-            "tokens_per_s": round((max_steps - start) * tokens_per_step / max(wall, 1e-9), 1), "flops_per_token": fpt,
-            "replica_param_checksums": replicas, "config": dataclasses.asdict(data) | dataclasses.asdict(cfg),
+            **throughput((max_steps - start) * tokens_per_step / max(wall, 1e-9), fpt, peak, accelerator.num_processes),
+            "flops_per_token": fpt, "replica_param_checksums": replicas,
+            "config": dataclasses.asdict(data) | dataclasses.asdict(cfg),
         }
-        summary.pop("log_history")
         write_json(work / "pretrain_state.json", summary)
         write_json(work / "log_history.json", history)
         (work / "log_history.jsonl").unlink()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from transformers import AutoTokenizer, SmolLM3ForCausalLM
 from posttrain.errors import UserError
 from pretrain.data import Curriculum, DataConfig, PackedLoader, open_sources, parse_count, prepare
 from pretrain.presets import model_config
-from test_pretrain_train import one_thread  # noqa: F401  (autouse: one torch thread in this module)
+from test_pretrain_train import one_thread, run_train  # noqa: F401  (one_thread: autouse, one torch thread)
 
 
 def sums(n: int, seed: int = 0) -> list[str]:
@@ -124,25 +125,27 @@ def test_mixture_follows_stage_weights_and_switches_at_the_budget(prepared):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_logits_equal_separate_documents(prepared, attn):
-    """No attention_mask + restarting position_ids = block-diagonal attention (FACTS.md). Each document
-    scored alone gives the packed row's logits; without the restarts the logits differ."""
+    """No attention_mask + restarting position_ids = block-diagonal attention (../shared/FACTS.md). Every
+    document of the batch scored alone gives its packed logits; without the restarts the logits differ."""
     data, tok, tokens = prepared
     files = open_sources(tokens, data.source_list, data.seq_len)
     batch, _ = PackedLoader(files, Curriculum(data.stage_list, ["web", "rows", "sums"], 512), 64, 8, 0).batch(1)
-    row = int(torch.argmax((batch["position_ids"] == 0).sum(1)))  # the row with most documents
-    ids, pos = batch["input_ids"][row : row + 1], batch["position_ids"][row : row + 1]
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    later_docs = (pos == 0).cumsum(1) > 1  # tokens after the first document of their row
+    assert later_docs.any(1).sum() >= 4  # most rows pack several documents
     torch.manual_seed(0)
     model = SmolLM3ForCausalLM(model_config("tiny", tokenizer=tok, attn_implementation=attn)).eval()
     with torch.no_grad():
-        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
-        bounds = torch.nonzero(pos[0] == 0).flatten().tolist() + [64]
-        assert len(bounds) >= 4
-        separate = torch.cat(
-            [model(input_ids=ids[:, a:b], use_cache=False).logits[0] for a, b in zip(bounds, bounds[1:])]
-        )
-        leaky = model(input_ids=ids, position_ids=torch.arange(64)[None], use_cache=False).logits[0]
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        separate = []
+        for row, row_pos in zip(ids, pos):
+            bounds = torch.nonzero(row_pos == 0).flatten().tolist() + [64]
+            docs = [model(input_ids=row[None, a:b], use_cache=False).logits[0] for a, b in zip(bounds, bounds[1:])]
+            separate.append(torch.cat(docs))
+        separate = torch.stack(separate)
+        leaky = model(input_ids=ids, position_ids=torch.arange(64).expand_as(ids), use_cache=False).logits
     torch.testing.assert_close(packed, separate, atol=1e-5, rtol=1e-5)
-    assert (leaky[bounds[1] :] - separate[bounds[1] :]).abs().max() > 1e-3
+    assert (leaky - separate)[later_docs].abs().amax(-1).min() > 1e-3  # every token after a boundary leaks
 
 
 def test_parse_count_reads_suffixes():
@@ -153,16 +156,6 @@ def test_parse_count_reads_suffixes():
 
 
 # ---------------------------------------------------------------- bad input: one line, nothing written
-
-
-def run_train(argv, capsys):
-    from pretrain.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", *argv])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
-    return err
 
 
 def write_recipe(path, data: dict, output_dir) -> str:
@@ -194,7 +187,9 @@ def good_recipe(tmp_path, tiny_tokenizer_dir, shared_data):
         ("missing_file", r"missing\.txt: source 'web' field 'path': file not found"),
         ("weights_sum", r"stages\[0\]' \(s\): weights sum to 0\.9, not 1"),
         ("unknown_source", r"stages\[0\]' \(s\): weights name unknown source 'code'"),
-        ("uint16_vocab", r"'token_dtype': uint16 cannot hold the ids of a 70,000-token vocabulary"),
+        # 65,535 + the 2 think tags train_bpe adds: caught before the tokenizer is trained
+        ("uint16_vocab", r"'token_dtype': uint16 cannot hold the ids of a 65,537-token vocabulary"),
+        ("no_vocab_size", r"recipe key 'tokenizer': field 'vocab_size' is required"),
         ("bad_row", r"rows\.jsonl: row 2: field 'text' is missing"),
         ("no_stages", r"recipe key 'stages': give at least one"),
     ],
@@ -211,8 +206,10 @@ def test_bad_input_stops_before_training_with_one_line(case, expected, good_reci
     elif case == "unknown_source":
         recipe["stages"][0]["weights"] = {"web": 0.5, "code": 0.5}
     elif case == "uint16_vocab":
-        spec = {"files": [str(shared_data / "text" / "tinyshakespeare.txt")], "vocab_size": 70000}
+        spec = {"files": [str(shared_data / "text" / "tinyshakespeare.txt")], "vocab_size": 65535}
         recipe.update(tokenizer=spec, token_dtype="uint16")
+    elif case == "no_vocab_size":
+        recipe["tokenizer"] = {"files": [str(shared_data / "text" / "tinyshakespeare.txt")]}
     elif case == "no_stages":
         recipe["stages"] = []
     elif case == "bad_row":
@@ -220,9 +217,33 @@ def test_bad_input_stops_before_training_with_one_line(case, expected, good_reci
             fh.write(json.dumps({"body": "no text field"}) + "\n")
     out = tmp_path / "run"
     err = run_train(["--config", write_recipe(tmp_path / "r.yaml", recipe, out)], capsys)
-    assert __import__("re").search(expected, err), err
+    assert re.search(expected, err), err
     assert not out.exists()
     assert not (tmp_path / "run.partial" / "checkpoints").exists()  # no training happened
+
+
+@pytest.mark.parametrize(
+    "second_source, expected",
+    [
+        ({"type": "text", "path": "blank.txt"}, r"source 'blank' \(.*blank\.txt\): no non-blank documents"),
+        ({"type": "jsonl", "path": "blank.jsonl"}, r"source 'blank' \(.*blank\.jsonl\): no non-blank documents"),
+        ({"type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 0}},
+         r"source 'blank' \(test_pretrain_data:sums\): no non-blank documents"),
+    ],
+)
+def test_source_without_documents_stops_before_anything_is_written(
+    second_source, expected, good_recipe, tmp_path, capsys
+):
+    """Caught up front, not when its turn to be tokenized comes after the first source's files."""
+    (tmp_path / "blank.txt").write_text("\n\n  \n\n")
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"text": ""}) + "\n" + json.dumps({"text": " \n"}) + "\n")
+    if "path" in second_source:
+        second_source = dict(second_source, path=str(tmp_path / second_source["path"]))
+    good_recipe["sources"][1] = {"name": "blank", **second_source}
+    good_recipe["stages"][0]["weights"] = {"web": 0.5, "blank": 0.5}
+    err = run_train(["--config", write_recipe(tmp_path / "r.yaml", good_recipe, tmp_path / "run")], capsys)
+    assert re.search(expected, err), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
 def test_token_file_that_does_not_match_its_index_stops_the_run(good_recipe, tmp_path, capsys):

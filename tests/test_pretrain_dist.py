@@ -95,7 +95,7 @@ def test_two_rank_cpu_ddp_trains_with_replicas_in_sync(tmp_path, tiny_tokenizer_
     from test_pretrain_train import tiny_recipe
 
     recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt",
-                         max_steps=6, save_steps=3, warmup_steps=1)
+                         max_steps=6, save_steps=3, warmup_steps=1, peak_tflops=1.0)
     result = torchrun("-m", "pretrain.cli", "train", "--config", recipe)
     state = json.loads((tmp_path / "run" / "pretrain_state.json").read_text())
     assert state["world_size"] == 2 and "2 process(es)" in result.stdout
@@ -104,6 +104,8 @@ def test_two_rank_cpu_ddp_trains_with_replicas_in_sync(tmp_path, tiny_tokenizer_
     assert state["tokens"] == 6 * 2 * 4 * 2 * 64 == sum(state["source_tokens"].values())  # both ranks' rows counted
     history = json.loads((tmp_path / "run" / "log_history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, 7)) and history[-1]["loss"] < history[0]["loss"]
+    for h in history:  # tokens/s counts both ranks' tokens: MFU is against both devices' peak
+        assert h["mfu"] == pytest.approx(h["tokens_per_s"] * state["flops_per_token"] / 2e12, rel=1e-3, abs=1e-4)
     assert (tmp_path / "run" / "checkpoints" / "step-00000006" / "random_states_1.pkl").is_file()
 
 

@@ -1,4 +1,5 @@
-"""pretrain.train end to end on the tiny preset: checkpoint output, loss, curriculum, WSD decay restart, recipes."""
+"""pretrain.train end to end on the tiny preset: checkpoint output, loss, curriculum, WSD decay restart, resume,
+throughput, recipes."""
 
 import json
 import math
@@ -11,11 +12,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, SmolLM3ForCausalLM
 
+import pretrain.train
 from posttrain.config import parse_recipe
 from posttrain.errors import UserError
 from pretrain.cli import main
 from pretrain.data import DataConfig
-from pretrain.train import TrainConfig, build_model, make_plan, make_scheduler, param_groups
+from pretrain.train import TrainConfig, build_model, make_plan, make_scheduler, param_groups, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +29,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_train(argv, capsys) -> str:
+    """`pretrain train` that must stop with a one-line error (exit 2); returns the line."""
+    capsys.readouterr()  # earlier runs' progress bars
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
 
 
 def tiny_recipe(tmp_path, tokenizer_dir, shakespeare, **overrides) -> str:
@@ -50,6 +62,30 @@ def tiny_recipe(tmp_path, tokenizer_dir, shakespeare, **overrides) -> str:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
+
+
+class Killed(Exception):
+    """Stands in for a kill -9 in `interrupted_run`."""
+
+
+def interrupted_run(recipe: str, step: int) -> None:
+    """Run `recipe` until it dies while saving the checkpoint of `step`: after every rank's model, optimizer
+    and RNG states are in tmp-step-N, before its trainer state is: what a kill -9 mid-save leaves."""
+    write_json = pretrain.train.write_json
+
+    def dying_write_json(path, obj):
+        if path.parent.name == f"tmp-step-{step:08d}":
+            raise Killed
+        write_json(path, obj)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pretrain.train, "write_json", dying_write_json)
+        with pytest.raises(Killed):
+            main(["train", "--config", recipe])
+
+
+def file_stamps(root: Path) -> dict:
+    return {str(f.relative_to(root)): (f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +140,93 @@ def test_state_counts_tokens_per_source_and_checkpoints_rotate(finished_run):
     assert ckpt["step"] == 25 and ckpt["stage"] == "mostly_sums" and sum(ckpt["source_tokens"].values()) == 25 * 512
 
 
+def test_resume_replays_from_the_last_complete_checkpoint_and_cleans_a_half_written_one(
+    finished_run, tmp_path, tiny_tokenizer_dir, shared_data, capsys
+):
+    """Killed while saving step 15 (save_steps 5); resumed with save_steps 10, so nothing re-saves step 15:
+    the resumed run skips and deletes tmp-step-15, starts at step 10, cuts the log back to it, and gives
+    finished_run's loss curve. Checkpoints hold no log history (the log file is the record)."""
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt")
+    interrupted_run(recipe, step=15)
+    partial = tmp_path / "run.partial"
+    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == [
+        "step-00000005", "step-00000010", "tmp-step-00000015"
+    ]
+    ckpt_state = json.loads((partial / "checkpoints" / "step-00000010" / "trainer_state.json").read_text())
+    assert ckpt_state["step"] == 10 and "log_history" not in ckpt_state
+    with open(partial / "log_history.jsonl", "a") as fh:
+        fh.write('{"step": 16, "lo')  # a line a kill cut short
+    capsys.readouterr()
+    main(["train", "--config", recipe, "--save_steps", "10"])
+    assert f"resuming from {partial / 'checkpoints' / 'step-00000010'} at step 10" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000020", "step-00000030"]
+    history = json.loads((out / "log_history.json").read_text())
+    expected = json.loads((finished_run[0] / "log_history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, 31))
+    for h, e in zip(history, expected):
+        assert abs(h["loss"] - e["loss"]) <= 1e-5 and h["source_tokens"] == e["source_tokens"], (h, e)
+
+
+def test_resume_with_a_changed_recipe_is_refused_before_anything_is_rewritten(
+    tmp_path, tiny_tokenizer_dir, shared_data, capsys
+):
+    """A run with a trained tokenizer and an editable source, killed while saving step 4; then a
+    changed mixture, source, tokenizer spec or batch each stop with one line naming the key, and every file
+    of the run (tokenizer, token files, checkpoints, the half-written save, the log) stays as it was."""
+    shakespeare = shared_data / "text" / "tinyshakespeare.txt"
+    web = tmp_path / "web.txt"
+    web.write_text(shakespeare.read_text()[:200_000])
+    base = {
+        "tokenizer": {"files": [str(web)], "vocab_size": 400, "sources": ["sums"]},
+        "sources": [
+            {"name": "web", "type": "text", "path": str(web), "separator": "\n\n"},
+            {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 2000}},
+        ],
+        "save_steps": 2,
+    }
+    interrupted_run(tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, **base), step=4)
+    partial = tmp_path / "run.partial"
+    assert (partial / "tokenizer").is_dir() and (partial / "checkpoints" / "step-00000002").is_dir()
+    before = file_stamps(partial)
+    stages = [{"name": "one", "tokens": 30 * 512, "weights": {"web": 0.5, "sums": 0.5}}]
+    changes = [
+        ("stages", dict(base, stages=stages)),
+        ("tokenizer", dict(base, tokenizer=dict(base["tokenizer"], vocab_size=450))),
+        ("micro_batch_size", dict(base, micro_batch_size=2)),
+        ("tokens_per_step", dict(base, gradient_accumulation_steps=1)),
+        ("sources", base),  # after the edit below
+    ]
+    for key, change in changes:
+        if key == "sources":
+            with open(web, "a") as fh:
+                fh.write("\n\nA new paragraph.\n")
+        err = run_train(["--config", tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, **change)], capsys)
+        assert f"step-00000002: this run's {key!r} differs from the checkpoint's" in err, err
+        assert file_stamps(partial) == before, key
+    # `pretrain tokenize` would rewrite the tokenizer and token files too: refused the same way
+    with pytest.raises(SystemExit):
+        main(["tokenize", "--config", tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, **base)])
+    assert "this run's 'sources' differs" in capsys.readouterr().err
+    assert file_stamps(partial) == before
+
+
+def test_throughput_mfu_is_against_every_process_peak():
+    """tokens/s is the whole job's (every process's rows), so MFU divides by all devices' peak: twice the
+    devices at twice the tokens/s is the same MFU."""
+    one, two = throughput(100.0, 1e9, 1e12, num_processes=1), throughput(200.0, 1e9, 1e12, num_processes=2)
+    assert one == {"tokens_per_s": 100.0, "tflops": 0.1, "mfu": 0.1}
+    assert two == {"tokens_per_s": 200.0, "tflops": 0.2, "mfu": 0.1}
+    assert "mfu" not in throughput(100.0, 1e9, None, num_processes=1)  # no known peak (CPU)
+
+
+def test_save_steps_must_be_a_multiple_of_logging_steps():
+    """A log line averages the steps since the last one: a checkpoint between log lines would lose them."""
+    with pytest.raises(UserError, match=r"'save_steps' \(15\) must be a multiple of 'logging_steps' \(10\)"):
+        TrainConfig(output_dir="x", save_steps=15, logging_steps=10)
+    TrainConfig(output_dir="x", save_steps=0, logging_steps=10)  # never saves
+
+
 def test_finished_output_dir_is_never_overwritten(finished_run, capsys):
     out, recipe = finished_run
     before = (out / "model.safetensors").stat().st_mtime_ns
@@ -113,13 +236,20 @@ def test_finished_output_dir_is_never_overwritten(finished_run, capsys):
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_decay_restarts_from_a_stable_checkpoint_without_retraining(tmp_path, tiny_tokenizer_dir, shared_data):
-    """Train 10 stable steps (no decay), then branch a decay off step 10 into a new run."""
+def test_decay_restarts_from_a_stable_checkpoint_without_retraining(tmp_path, tiny_tokenizer_dir, shared_data, capsys):
+    """Train 10 stable steps (no decay), then branch a decay off step 10 into a new run (with the same batch
+    shape: other ones are refused)."""
     shakespeare = shared_data / "text" / "tinyshakespeare.txt"
     stable = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, max_steps=10, decay_fraction=0.0, save_steps=10)
     main(["train", "--config", stable])
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000010"
     stable_loss = json.loads((tmp_path / "run" / "log_history.json").read_text())[-1]["loss"]
+    for change, key in ((dict(seq_len=32), "seq_len"), (dict(micro_batch_size=2), "micro_batch_size"),
+                        (dict(gradient_accumulation_steps=1), "tokens_per_step")):
+        other = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, output_dir=str(tmp_path / "other"),
+                            decay_from=str(checkpoint), **change)
+        err = run_train(["--config", other], capsys)
+        assert f"'decay_from': this run's {key!r} differs from the checkpoint's" in err, err
     decay = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, output_dir=str(tmp_path / "decayed"),
                         decay_from=str(checkpoint), decay_fraction=0.25, save_steps=0)
     main(["train", "--config", decay])
@@ -193,7 +323,7 @@ def test_smollm3_recipe_builds_the_3b_model_on_the_meta_device(tmp_path):
     assert [s.weights for s in data.stage_list][0] == {"web": 0.85, "code": 0.12, "math": 0.03}
     assert sum(s.tokens for s in data.stage_list) == 11_100_000_000_000
     with pytest.raises(UserError, match="uint16 cannot hold"):
-        token_dtype(tokenizer, "uint16")
+        token_dtype(len(tokenizer), "uint16")
     with torch.device("meta"):
         model = build_model(cfg, tokenizer)
     assert sum(p.numel() for p in model.parameters()) == 3_075_098_624
