@@ -1,13 +1,15 @@
-"""Bench the accuracy reward: serial vs the process pool, and the wall time of hostile batches.
+"""Bench the accuracy reward: serial vs the process pool, and the wall time of batches with hostile rows.
 
-    python bench/rewards.py [--n 2000] [--workers 2] [--timeout 1] [--adversarial-batches 8]
+    python bench/rewards.py [--n 2000] [--workers 2] [--adversarial-batches 8] [--hostile-rows 8]
 
-Prints JSON lines; the last one is the summary: `pool_vs_serial_speedup` (median completions/s with the pool over
-in-process scoring, on realistic GRPO-shaped batches: 8 generations per problem, both modes, ~60% correct),
-`projected_idle_speedup` (the same from CPU seconds, for a machine with a free core per worker: on a shared
-machine the wall-clock figure follows the other jobs' load) and `adversarial_worst_s` (the slowest call over
-batches of hostile completions, to compare with `timeout_s`, math-verify's per-call timeout, which is also the
-batch bound used here).
+Prints JSON lines; the last one is the summary: `pool_vs_serial_speedup` (median wall-clock completions/s with
+the pool over in-process scoring, on realistic GRPO-shaped batches: 8 generations per problem, both modes, ~60%
+correct) and `adversarial_worst_s` (the slowest call over realistic batches with `--hostile-rows` hostile
+completions mixed in), to compare with `timeout_s` (math-verify's per-call timeout) and `batch_timeout_s` (the
+pool's bound per batch). Both are the accuracy reward's defaults, which a recipe gets unless it sets them: the
+worst case is then what a training step would wait, about ceil(slow rows / workers) x timeout, capped by the
+bound. The summary also says how many rows were dropped (timed out, scored 0) and whether every normal row mixed
+in scored what it scores alone.
 
 Each timed run gets its own freshly generated completions (no string shared with another run, so no parse
 cache hit across runs). Both sides first score one untimed batch: a training run's reward calls find the pool
@@ -18,7 +20,9 @@ worker pays that again, which is most of the pool's extra CPU on a first batch.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import random
 import statistics
@@ -29,6 +33,9 @@ import time
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from rewards import get_reward  # noqa: E402
+from rewards.accuracy import Accuracy  # noqa: E402
+
+DEFAULTS = {k: v.default for k, v in inspect.signature(Accuracy).parameters.items()}
 
 GENERATIONS = 8
 
@@ -74,87 +81,78 @@ def realistic_batch(n: int, seed: int) -> tuple[list[str], list[str]]:
     return completions[:n], answers[:n]
 
 
-def hostile_batch(n: int, seed: int) -> tuple[list[str], list[str]]:
-    """Completions that make math-verify slow (power towers, huge factorials) mixed with malformed ones."""
+def hostile_batch(n: int, hostile: int, seed: int) -> tuple[list[str], list[str], list[int]]:
+    """A realistic batch with `hostile` rows replaced, half by completions that make math-verify slow (power
+    towers, huge factorials: each holds a worker for the whole timeout) and half by malformed ones. Returns the
+    completions, the golds and the positions of the normal rows."""
     rng = random.Random(seed)
     slow = ["9^{9^{9^{9}}}", "10^{10^{10^{10}}}", "2^{2^{2^{2^{2^{2}}}}}", "(10^{7})!", "99999999^{99999999}"]
     junk = ["\\boxed{", "\\boxed{\\frac{1}{", "}" * 50 + "\\boxed{{{{", "<think><think>\\boxed{7}</think>", "٣"]
     junk.append("x" * 100_000)
-    completions = []
-    for _ in range(n):
-        if rng.random() < 0.5:
-            completions.append(f"<think>\nhmm\n</think>\nThe answer is \\boxed{{{rng.choice(slow)}}}.")
+    completions, answers = realistic_batch(n, seed=1000 + seed)
+    positions = set(rng.sample(range(n), hostile))
+    for i, k in enumerate(sorted(positions)):
+        if i % 2 == 0:
+            completions[k] = f"<think>\nhmm\n</think>\nThe answer is \\boxed{{{rng.choice(slow)}}}."
         else:
-            completions.append(rng.choice(junk))
-    return completions, ["7"] * n
+            completions[k] = rng.choice(junk)
+    return completions, answers, [i for i in range(n) if i not in positions]
 
 
-def children_cpu_s() -> float:
-    """CPU seconds used so far by this process's live children (the pool's workers); 0 where /proc lacks it."""
-    total = 0
-    try:
-        for tid in os.listdir(f"/proc/{os.getpid()}/task"):
-            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
-                for pid in f.read().split():
-                    with open(f"/proc/{pid}/stat") as stat:
-                        fields = stat.read().rsplit(")", 1)[1].split()
-                    total += int(fields[11]) + int(fields[12])  # utime + stime
-    except OSError:
-        return 0.0
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def timed(reward, completions, answers) -> tuple[float, float, float, list]:
-    """(wall seconds, CPU seconds of this process, CPU seconds of its workers, values)."""
-    start, own, workers = time.perf_counter(), time.process_time(), children_cpu_s()
-    values = reward(completions, answer=answers)
-    return time.perf_counter() - start, time.process_time() - own, children_cpu_s() - workers, values
+def timed(reward, completions, answers, **kwargs) -> tuple[float, list]:
+    """(wall seconds, values)."""
+    start = time.perf_counter()
+    values = reward(completions, answer=answers, **kwargs)
+    return time.perf_counter() - start, values
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=int, default=1)
+    parser.add_argument("--timeout", type=int, default=DEFAULTS["timeout"])
+    parser.add_argument("--batch-timeout", type=float, default=DEFAULTS["batch_timeout"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adversarial-batches", type=int, default=8)
     parser.add_argument("--adversarial-size", type=int, default=64)
+    parser.add_argument("--hostile-rows", type=int, default=8)
     args = parser.parse_args()
 
     serial = get_reward("accuracy", workers=0, timeout=args.timeout)
-    pool = get_reward("accuracy", workers=args.workers, timeout=args.timeout, batch_timeout=120.0)
+    pool = get_reward("accuracy", workers=args.workers, timeout=args.timeout, batch_timeout=args.batch_timeout)
     for reward in (serial, pool):  # steady state of a training run: started, and math-verify's parser warmed
         timed(reward, *realistic_batch(args.n, seed=-1))
 
-    rates, projected = {"serial": [], "pool": []}, {"serial": [], "pool": []}
+    rates = {"serial": [], "pool": []}
     for r in range(args.repeats):
         for name, reward in (("serial", serial), ("pool", pool)):
             completions, answers = realistic_batch(args.n, seed=2 * r + (name == "pool"))
-            seconds, own_cpu, worker_cpu, values = timed(reward, completions, answers)
+            seconds, values = timed(reward, completions, answers)
             rates[name].append(args.n / seconds)
-            # One core per worker and nothing else running: the parent's share, then the workers' in parallel.
-            projected[name].append(own_cpu + worker_cpu / max(1, args.workers if name == "pool" else 1))
             print(json.dumps({
                 "bench": f"accuracy_{name}", "repeat": r, "n": args.n, "workers": 0 if name == "serial" else args.workers,
-                "seconds": round(seconds, 3), "cpu_s": round(own_cpu, 3), "worker_cpu_s": round(worker_cpu, 3),
-                "completions_per_s": round(args.n / seconds, 1),
+                "seconds": round(seconds, 3), "completions_per_s": round(args.n / seconds, 1),
                 "mean_reward": round(sum(v for v in values if v is not None) / len(values), 3),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
             }), flush=True)
+    # Wall clock, so on a machine shared with other jobs it follows their load: each worker is in its own session
+    # (so its own autogroup, where the kernel groups by session) and competes for the cores as one more job.
     speedup = statistics.median(rates["pool"]) / statistics.median(rates["serial"])
-    # On a machine shared with other jobs the wall-clock figure follows their load (with the kernel's autogroup
-    # scheduling, all of this process's workers share one session's slice of the CPU). The projection uses CPU
-    # seconds instead: the speedup on an otherwise idle machine with a core per worker.
-    projected_speedup = statistics.median(projected["serial"]) / statistics.median(projected["pool"])
 
-    hostile = get_reward("accuracy", workers=args.workers, timeout=args.timeout, batch_timeout=float(args.timeout))
-    walls = []
+    walls, dropped, normal_ok, normal_total = [], [], 0, 0
     for b in range(args.adversarial_batches):
-        seconds, _, _, values = timed(hostile, *hostile_batch(args.adversarial_size, seed=b))
+        completions, answers, normal = hostile_batch(args.adversarial_size, args.hostile_rows, seed=b)
+        expected = serial([completions[i] for i in normal], answer=[answers[i] for i in normal])
+        metrics = {}
+        seconds, values = timed(pool, completions, answers, log_metric=metrics.__setitem__)
+        ok = sum(values[i] == e for i, e in zip(normal, expected))
         walls.append(seconds)
+        dropped.append(int(metrics["rewards/accuracy/timeouts"]))
+        normal_ok, normal_total = normal_ok + ok, normal_total + len(normal)
         print(json.dumps({
-            "bench": "accuracy_adversarial", "batch": b, "n": args.adversarial_size, "seconds": round(seconds, 3),
-            "all_finite": all(v is not None and v == v for v in values),
+            "bench": "accuracy_adversarial", "batch": b, "n": args.adversarial_size, "hostile": args.hostile_rows,
+            "seconds": round(seconds, 3), "dropped": dropped[-1], "normal_rows_as_alone": f"{ok}/{len(normal)}",
+            "all_finite": all(v is None or math.isfinite(v) for v in values),
         }), flush=True)
 
     print(json.dumps({
@@ -162,11 +160,12 @@ def main() -> None:
         "serial_completions_per_s": round(statistics.median(rates["serial"]), 1),
         "pool_completions_per_s": round(statistics.median(rates["pool"]), 1),
         "workers": args.workers,
-        "projected_idle_speedup": round(projected_speedup, 2),
         "adversarial_worst_s": round(max(walls), 3),
         "adversarial_mean_s": round(sum(walls) / len(walls), 3),
+        "adversarial_dropped_max": max(dropped),
+        "adversarial_normal_rows_as_alone": round(normal_ok / normal_total, 4),
         "timeout_s": args.timeout,
-        "batch_timeout_s": float(args.timeout),
+        "batch_timeout_s": args.batch_timeout,
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes on the machine skew the speedup both ways
     }))

@@ -27,6 +27,9 @@ logger = logging.getLogger("posttrain")
 
 # GRPOConfig's vllm_server_host defaults to 0.0.0.0; the rollout server (`posttrain serve`) binds to 127.0.0.1.
 RLVR_DEFAULTS = {"vllm_server_host": "127.0.0.1"}
+# The losses TRL 1.16's GRPOTrainer computes (`_compute_loss`). GRPOConfig takes any string, and the trainer
+# raises "Unknown loss type" only at the first step, after the model is loaded and rollouts generated.
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
 @dataclass
@@ -100,12 +103,24 @@ def build_rewards(args: RLVRScriptArguments, reward_weights: list[float] | None)
     return funcs
 
 
-def check_rollouts(training) -> None:
-    """Generation settings that would otherwise fail deep inside the trainer, after the model is loaded."""
+def check_rollouts(training, script: RLVRScriptArguments) -> None:
+    """Loss and generation settings that would otherwise fail deep inside the trainer, after the model is loaded;
+    a warning when the soft overlong penalty's limit is not the trainer's."""
     from trl.import_utils import is_vllm_available
 
     from posttrain.serve import VLLM_EXTRA
 
+    if training.loss_type not in LOSS_TYPES:
+        raise UserError(f"recipe key 'loss_type': must be one of {', '.join(LOSS_TYPES)}, got {training.loss_type!r}")
+    overlong = script.reward_kwargs.get("soft_overlong") if "soft_overlong" in script.reward_funcs else None
+    max_length = overlong.get("max_length") if isinstance(overlong, dict) else None
+    if max_length is not None and max_length != training.max_completion_length:
+        # Below the limit, completions are penalized that were never truncated; above it, the graded zone is
+        # partly unreachable and truncated completions escape the full -1.
+        logger.warning(
+            "rlvr: reward_kwargs soft_overlong max_length %s differs from max_completion_length %s",
+            max_length, training.max_completion_length,
+        )
     if training.vllm_mode not in ("colocate", "server"):
         raise UserError(f"recipe key 'vllm_mode': must be colocate or server, got {training.vllm_mode!r}")
     if training.use_vllm and not is_vllm_available():
@@ -123,7 +138,7 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
 
     out = stage.StageOutput(training.output_dir, script.overwrite_output_dir)
     stage.validate_model_args(model_args)
-    check_rollouts(training)
+    check_rollouts(training, script)
     reward_funcs = build_rewards(script, training.reward_weights)
     if not script.datasets:
         raise UserError("recipe key 'datasets': list at least one prompt source")
@@ -144,7 +159,7 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
     training.output_dir = str(out.partial)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=stage.peft_config(model_args),
+        peft_config=stage.peft_config(model_args, tokenizer, new_tokens),
     )
     return stage.StageRun("rlvr", trainer, out, model_args, tokenizer, new_tokens, record)
 

@@ -21,7 +21,7 @@ import inspect
 
 from rewards.accuracy import Accuracy
 from rewards.format import ModeFormat
-from rewards.length import CosineAccuracy, LengthBudget, SoftOverlong, mean_length_by_mode
+from rewards.length import CosineAccuracy, LengthBudget, SoftOverlong
 
 # Name -> factory: `REWARDS[name](**params)` builds the reward (`get_reward` also checks the params).
 REWARDS: dict[str, type] = {
@@ -59,7 +59,6 @@ def get_reward(name: str, **params):
 __all__ = [
     "REWARDS",
     "get_reward",
-    "mean_length_by_mode",
     "Accuracy",
     "ModeFormat",
     "SoftOverlong",

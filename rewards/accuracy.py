@@ -6,6 +6,11 @@ trainer process, where `signal.alarm` timeouts need the main thread and a stuck 
 answer is cut out of the completion first (cheap, linear, in the trainer process), and only the short
 candidate goes to math-verify in a `BoundedPool` (see `rewards.pool`), with math-verify's own integer
 timeouts per call and a hard wall-clock bound per batch.
+
+A batch is verified in two passes so that a few hostile completions cannot starve the rest: first every item
+with a small CPU budget (FAST_CPU_S, ~10x a normal parse + verify), then, in the time left of the batch's
+bound, the items that ran over it, with math-verify's full timeout. Without that, each `9^{9^{9^{9}}}` holds a
+worker for the whole timeout, and a batch with a few dozen of them scores nearly every row 0 at its deadline.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import functools
 import logging
 import math
 import re
+import signal
 import threading
+import time
 
 from math_verify import LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
@@ -36,13 +43,9 @@ _NUMBER = re.compile(r"(?<![0-9.,])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-
 # Default normalization: `units=True` (as in TRL) turns `\sqrt 2` into nothing parseable.
 _PRED_CONFIG = [LatexExtractionConfig(boxed_match_priority=0)]
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, msg: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
+FAST_CPU_S = 0.02  # first-pass CPU budget per item; a normal parse + verify takes 1-2 ms
+NO_RESULT = "no result"  # the pool's value for an item without a result by the deadline (or whose worker died)
+OVER_BUDGET = "over budget"  # a first-pass item that ran past FAST_CPU_S; it goes to the second pass
 
 
 def answer_part(text: str) -> str:
@@ -99,24 +102,53 @@ def gold_text(gold) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str, timeout: int | None):
+def _parse_gold(gold: str, timeout: int | None) -> list:
+    """The parsed gold, [] when it does not parse, raises or times out: a gold is never the completion's fault,
+    so it must not turn into a 0 (failures are cached too, so a hostile gold costs one timeout per worker)."""
     # Bare LaTeX like `\sqrt{2}` is only found inside math delimiters; numbers parse either way.
     latex = gold if ("$" in gold or "\\boxed" in gold) else f"${gold}$"
-    return parse(latex, fallback_mode="no_fallback", parsing_timeout=timeout)
+    try:
+        return parse(latex, fallback_mode="no_fallback", parsing_timeout=timeout)
+    except (Exception, TimeoutException):
+        return []
 
 
 def verify_one(gold: str, candidate: str | None, timeout: int | None) -> float | None:
-    """1.0 / 0.0 for one completion, None when the gold does not parse. Runs in a pool worker; never raises."""
+    """1.0 / 0.0 for one completion, None when the gold does not parse (with `candidate=None`: 0.0 or None, a
+    check of the gold alone). Runs in a pool worker; never raises."""
+    gold_parsed = _parse_gold(gold, timeout)
+    if not gold_parsed:
+        return None
+    if candidate is None:
+        return 0.0
     try:
-        gold_parsed = _parse_gold(gold, timeout)
-        if not gold_parsed:
-            return None
-        if candidate is None:
-            return 0.0
         pred = parse(candidate, _PRED_CONFIG, fallback_mode="no_fallback", parsing_timeout=timeout)
         return float(bool(pred) and verify(gold_parsed, pred, timeout_seconds=timeout))
     except (Exception, TimeoutException):
         return 0.0
+
+
+class _OverBudget(BaseException):
+    """Raised by the SIGPROF handler. Not an Exception, so math-verify's and sympy's `except Exception` let it by."""
+
+
+def _over_budget(signum, frame):
+    raise _OverBudget
+
+
+def verify_fast(gold: str, candidate: str | None) -> float | str | None:
+    """`verify_one` within FAST_CPU_S of CPU time, else OVER_BUDGET. For pool workers (a signal handler needs the
+    main thread). A CPU timer, not a wall-clock one, so a loaded machine does not push normal items over, and
+    math-verify's alarms are off meanwhile (an alarm cut short by this exception could fire later, outside it)."""
+    signal.signal(signal.SIGPROF, _over_budget)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_PROF, FAST_CPU_S)
+            return verify_one(gold, candidate, None)
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    except _OverBudget:  # also when it fires just as the call returns: the item is merely verified again
+        return OVER_BUDGET
 
 
 def warm_up() -> None:
@@ -139,38 +171,79 @@ def check_params(workers, timeout, batch_timeout) -> tuple[int, int, float]:
     return workers, timeout, float(batch_timeout)
 
 
-def score(completions, golds, *, workers: int, timeout: int, batch_timeout: float) -> list[float | None]:
+def _verify(args: list[tuple], workers: int, timeout: int, batch_timeout: float) -> list | None:
+    """`verify_one(gold, candidate, timeout)` per item (NO_RESULT where none came in time), or None when nothing
+    can be verified with a bound: no pool, and not on the main thread, where math-verify's alarms cannot work."""
+    pool = get_pool(workers) if workers > 0 and args else None
+    if pool is not None and pool.start():
+        deadline = time.monotonic() + batch_timeout
+        # A worker busy this long past the deadline is not in math-verify's alarms (gold, parse, verify) any more.
+        stuck_after = 3 * timeout + 2
+        values = pool.map(verify_fast, args, batch_timeout, NO_RESULT, stuck_after)
+        slow = [i for i, v in enumerate(values or []) if v == OVER_BUDGET]
+        left = deadline - time.monotonic()
+        if slow and left > 0:
+            again = pool.map(verify_one, [(*args[i], timeout) for i in slow], left, NO_RESULT, stuck_after)
+            for i, v in zip(slow, again or []):
+                values[i] = v
+        if values is not None:
+            return [NO_RESULT if v == OVER_BUDGET else v for v in values]
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return [verify_one(g, c, timeout) for g, c in args]
+
+
+def score(
+    completions, golds, *, workers: int, timeout: int, batch_timeout: float, name: str = "accuracy", log_metric=None
+) -> list[float | None]:
     """1.0 / 0.0 per completion (None where the gold does not parse); the shared core of the accuracy rewards.
 
     `workers` >= 1 uses the process pool: math-verify's `timeout` per parse / verify call, and at most about
-    `batch_timeout` seconds for the whole batch (pending items score 0). `workers=0` runs in this process
-    (debugging): `timeout` applies only in the main thread and there is no batch bound.
+    `batch_timeout` seconds for the whole batch (rows without a result by then score 0). `workers=0` runs in
+    this process (debugging): with `timeout` on the main thread and no batch bound; off the main thread nothing
+    can bound math-verify, so rows get None. Each distinct gold is also checked on its own, ahead of the rows,
+    so a row that times out still gets None when its gold does not parse.
+
+    Every batch, rows that timed out and rows whose gold did not parse are counted: a warning when there are
+    any, and through TRL's `log_metric` hook (when given) `rewards/<name>/timeouts` and
+    `rewards/<name>/unparseable_gold`, so a reward silently stuck at 0 shows in the training logs.
     """
     texts = [completion_text(c) for c in completions]
-    golds = [gold_text(g) for g in golds]
-    rows = [i for i, g in enumerate(golds) if g is not None]
-    args = [(golds[i], extract_answer(texts[i]), timeout) for i in rows]
-    values = None
-    if workers > 0 and args:
-        # A worker busy this long past the deadline is not in math-verify's alarms (gold, parse, verify) any more.
-        result = get_pool(workers).map(verify_one, args, batch_timeout, 0.0, stuck_after=3 * timeout + 2)
-        values = result[0] if result is not None else None
-    if values is None:
-        if threading.current_thread() is not threading.main_thread():
-            _warn_once("thread", "rewards: serial math-verify off the main thread runs without timeouts")
-            args = [(g, c, None) for g, c, _ in args]
-        values = [verify_one(*a) for a in args]
-    rewards: list[float | None] = [None] * len(texts)
-    for i, value in zip(rows, values):
-        rewards[i] = value
-    unparseable = [g for g in golds if g is None] + [a[0] for a, v in zip(args, values) if v is None]
-    if unparseable:
-        _warn_once(
-            "gold",
-            "rewards: %d gold answer(s) in a batch did not parse (e.g. %.200r); those rows get None (skipped), "
-            "not 0. This warning is shown once.",
-            len(unparseable), unparseable[0],
+    raw_golds, golds = golds, [gold_text(g) for g in golds]
+    unique = list(dict.fromkeys(g for g in golds if g is not None))
+    candidates = [None if g is None else extract_answer(t) for g, t in zip(golds, texts)]
+    rows = [i for i, c in enumerate(candidates) if c is not None]
+    args = [(g, None) for g in unique] + [(golds[i], candidates[i]) for i in rows]
+    results = _verify(args, workers, timeout, batch_timeout)
+    if results is None:
+        logger.warning(
+            "rewards: %s: no verify worker and not on the main thread, where math-verify's timeouts work: %d rows "
+            "not verified (None)", name, len(texts),
         )
+        return [None] * len(texts)
+    gold_ok = dict(zip(unique, results))  # 0.0: parses, None: does not, NO_RESULT: not known in time
+    verdicts = dict(zip(rows, results[len(unique):]))
+    rewards: list[float | None] = []
+    timeouts = 0
+    for i, gold in enumerate(golds):
+        value = None if gold is None or gold_ok[gold] is None else verdicts.get(i, 0.0)
+        if value == NO_RESULT:
+            value, timeouts = 0.0, timeouts + 1
+        rewards.append(value)
+    unparseable = [raw_golds[i] for i, v in enumerate(rewards) if v is None]
+    if timeouts:
+        logger.warning(
+            "rewards: %s: %d of %d rows got no result within the %.1f s batch bound (or their worker died); scored 0",
+            name, timeouts, len(texts), batch_timeout,
+        )
+    if unparseable:
+        logger.warning(
+            "rewards: %s: %d of %d rows have a gold answer that does not parse (e.g. %.200r); they get None "
+            "(skipped), not 0", name, len(unparseable), len(texts), unparseable[0],
+        )
+    if log_metric is not None:
+        log_metric(f"rewards/{name}/timeouts", float(timeouts))
+        log_metric(f"rewards/{name}/unparseable_gold", float(len(unparseable)))
     return rewards
 
 
@@ -180,7 +253,8 @@ class Accuracy:
     Reads the gold answer from the `answer` column (`answer_column` to change it): LaTeX (`\\frac{1}{2}`),
     a number (`72`, `1,234`) or a `\\boxed{}` string. The completion's answer is the last `\\boxed{}` after the
     think block, else the last number there; an answer only inside `<think>…</think>` scores 0. A gold
-    answer that does not parse gives None for its row (TRL skips it) and a warning, once.
+    answer that does not parse gives None for its row (TRL skips it); those rows and the rows that timed out
+    are counted per batch (a warning, and metrics through TRL's `log_metric`; see `score`).
 
     Params: `workers` (pool processes; 0 = in-process, for debugging), `timeout` (integer seconds per
     math-verify call), `batch_timeout` (wall-clock seconds per batch; must exceed the normal time of a batch,
@@ -195,4 +269,7 @@ class Accuracy:
     def __call__(self, completions, **kwargs) -> list[float | None]:
         completions = list(completions or [])
         golds = column(kwargs, self.answer_column, len(completions), self.__name__)
-        return score(completions, golds, workers=self.workers, timeout=self.timeout, batch_timeout=self.batch_timeout)
+        return score(
+            completions, golds, workers=self.workers, timeout=self.timeout, batch_timeout=self.batch_timeout,
+            name=self.__name__, log_metric=kwargs.get("log_metric"),
+        )

@@ -7,7 +7,6 @@ Called without them (tests, offline scoring), a length is estimated as ceil(char
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from rewards.accuracy import check_params, score
 from rewards.format import column, completion_text, normalize_mode
@@ -40,21 +39,6 @@ def _n_ids(row) -> int | None:
         return None
 
 
-def mean_length_by_mode(completion_ids: Sequence[Sequence[int]], modes: Sequence) -> dict[str, float]:
-    """Mean completion length in tokens per mode, e.g. `{"think": 812.5, "no_think": 41.0}`.
-
-    For the RLVR stage's logging: a length penalty that works shows as a falling "think" mean while "no_think"
-    stays short; a mean over both modes hides that. Modes other than think / no_think are ignored, and a mode
-    absent from the batch is absent from the dict.
-    """
-    totals: dict[str, list[int]] = {}
-    for ids, mode in zip(completion_ids, modes):
-        mode, n = normalize_mode(mode), _n_ids(ids)
-        if mode is not None and n is not None:
-            totals.setdefault(mode, []).append(n)
-    return {mode: sum(lengths) / len(lengths) for mode, lengths in totals.items()}
-
-
 class SoftOverlong:
     r"""`soft_overlong`: DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), a penalty only.
 
@@ -65,26 +49,26 @@ class SoftOverlong:
     with L the completion's token count, L_max = `max_length`, L_cache = `cache_length` (0: a hard -1 past
     L_max). Reads `completion_ids`. Set `max_length` to the trainer's `max_completion_length`, so truncated
     completions get the full -1 and those near the limit a graded one rather than a cliff.
+
+    The values are TRL's `trl.rewards.get_soft_overlong_punishment` (the same formula, called here); this class
+    adds the registry name, parameter checks, and lengths that never raise (`token_lengths`: malformed
+    `completion_ids` rows, or none at all, fall back to a character estimate, where TRL's would fail on `len`).
     """
 
     def __init__(self, max_length: int, cache_length: int, chars_per_token: float = CHARS_PER_TOKEN):
+        from trl.rewards import get_soft_overlong_punishment  # here: pool workers import this package, not TRL
+
         if max_length < 1 or not 0 <= cache_length <= max_length:
             raise ValueError(f"need max_length >= 1 and 0 <= cache_length <= max_length, got {max_length}, {cache_length}")
         self.max_length, self.cache_length = max_length, cache_length
         self.chars_per_token = _check_chars_per_token(chars_per_token)
+        self._trl = get_soft_overlong_punishment(max_completion_len=max_length, soft_punish_cache=cache_length)
         self.__name__ = "soft_overlong"
 
     def __call__(self, completions, completion_ids=None, **kwargs) -> list[float]:
         completions = list(completions or [])
-        return [self.penalty(n) for n in token_lengths(completions, completion_ids, self.chars_per_token)]
-
-    def penalty(self, length: int) -> float:
-        start = self.max_length - self.cache_length
-        if length <= start:
-            return 0.0
-        if length > self.max_length:
-            return -1.0
-        return (start - length) / self.cache_length
+        lengths = token_lengths(completions, completion_ids, self.chars_per_token)
+        return self._trl([range(n) for n in lengths])  # TRL's reads only len() of each row
 
 
 class CosineAccuracy:
@@ -128,7 +112,10 @@ class CosineAccuracy:
     def __call__(self, completions, completion_ids=None, **kwargs) -> list[float | None]:
         completions = list(completions or [])
         golds = column(kwargs, self.answer_column, len(completions), self.__name__)
-        correct = score(completions, golds, workers=self.workers, timeout=self.timeout, batch_timeout=self.batch_timeout)
+        correct = score(
+            completions, golds, workers=self.workers, timeout=self.timeout, batch_timeout=self.batch_timeout,
+            name=self.__name__, log_metric=kwargs.get("log_metric"),
+        )
         lengths = token_lengths(completions, completion_ids, self.chars_per_token)
         return [None if ok is None else self.value(bool(ok), n) for ok, n in zip(correct, lengths)]
 

@@ -5,7 +5,8 @@ sends its results as it goes (at least every FLUSH_S seconds), so at a batch's d
 known: they get the default value and the call returns. The workers that held them are told to drop the rest
 of their chunk; math-verify's own `signal.alarm` timeouts free them within seconds, and they rejoin warm. Only a
 worker still busy `stuck_after` seconds past the deadline (stuck in C code, where Python cannot deliver the
-alarm) is killed and replaced.
+alarm) is killed and replaced. Workers die with the trainer: a SIGKILLed trainer runs no clean-up, and a worker
+stuck in C code would otherwise outlive it (see `_bind_to_parent`).
 
 Why workers are fresh interpreters (`subprocess` running `python -c`) and not `multiprocessing` processes: a
 training process has torch loaded with its OpenMP / CUDA threads, and `fork` copies locks those threads hold,
@@ -18,10 +19,12 @@ worker), and talks over two pipes with `multiprocessing.connection` framing (pic
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,13 +38,41 @@ WARM_UP = ("rewards.accuracy", "warm_up")  # imported and called by each worker 
 START_TIMEOUT_S = 60.0  # for the first start; not counted in a batch's bound
 FLUSH_S = 0.02  # a worker sends its finished results at least this often (and at the end of each chunk)
 CHUNK_MAX = 32  # items per chunk: amortizes a round trip (~20 ms of work), small enough to balance and to lose
+# Address-space cap per worker: a warm math-verify worker peaks at ~125 MB, so this only stops a runaway (a huge
+# big-int power) from taking the machine's memory; past it, the item raises MemoryError and gets the default.
+WORKER_MEMORY_BYTES = 2 << 30
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _MISSING = object()
 
 
-def serve(read_fd: int, write_fd: int) -> None:
+def _bind_to_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this worker when its parent dies (PR_SET_PDEATHSIG), however it dies.
+
+    A worker in its own session gets no hangup from the terminal, and one stuck in C code (a big-int power)
+    notices neither a closed pipe nor an alarm, so without this it would outlive a SIGKILLed trainer. The signal
+    follows the *thread* that started the worker: a pool started from a thread that then exits loses its
+    workers, and replaces them on its next batch. Elsewhere this does nothing; the pipe close still ends a
+    worker that is not stuck."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+        os._exit(0)
+
+
+def serve(read_fd: int, write_fd: int, parent: int) -> None:
     """Worker loop. Receives ("run", batch, fn, default, items), ("cancel", batch) or None (exit); sends
     ("ready",) once, then per chunk ("items", batch, [(index, value), ...]) every FLUSH_S seconds and
     ("done", batch, [the rest]) at its end or when cancelled."""
+    _bind_to_parent(parent)
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):  # no `resource` (Windows), or a lower hard limit already set
+        pass
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # else one "Timeout during ..." line per hostile item
     module, name = WARM_UP
     getattr(importlib.import_module(module), name)()
@@ -71,17 +102,27 @@ def serve(read_fd: int, write_fd: int) -> None:
 
 
 class _Worker:
+    """One worker process and its two pipes. Raises OSError (or MemoryError) when the process cannot start, e.g.
+    at the process limit or out of memory; `_start_worker` turns that into None."""
+
     def __init__(self):
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # find `rewards` as we do
-        code = f"from rewards.pool import serve; serve({to_child_r}, {from_child_w})"
-        # Its own session: Ctrl-C and hangups from the terminal go to the trainer alone (a worker exits when its
-        # pipe closes), and under the kernel's autogroup scheduling a worker gets its own share of a busy
-        # machine's CPU instead of splitting the trainer's with the other workers.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env, start_new_session=True
-        )
+        fds: list[int] = []
+        try:
+            fds += os.pipe()
+            fds += os.pipe()
+            to_child_r, to_child_w, from_child_r, from_child_w = fds
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # find `rewards` as we do
+            code = f"from rewards.pool import serve; serve({to_child_r}, {from_child_w}, {os.getpid()})"
+            # Its own session: Ctrl-C and hangups from the terminal go to the trainer alone (a worker exits when
+            # its pipe closes, or with its parent), and under the kernel's autogroup scheduling a worker gets its
+            # own share of a busy machine's CPU instead of splitting the trainer's with the other workers.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env, start_new_session=True
+            )
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         os.close(to_child_r)
         os.close(from_child_w)
         self.outbox = Connection(to_child_w, readable=False)
@@ -104,6 +145,15 @@ class _Worker:
         self.conn.close()
 
 
+def _start_worker() -> _Worker | None:
+    """A new worker, or None (logged) when the system cannot start one: a reward must not crash training."""
+    try:
+        return _Worker()
+    except (OSError, MemoryError, subprocess.SubprocessError) as e:
+        logger.error("rewards: could not start a math-verify worker: %r", e)
+        return None
+
+
 class BoundedPool:
     """`workers` processes that map a picklable function over items under a per-batch wall-clock bound.
 
@@ -122,22 +172,24 @@ class BoundedPool:
         self._lock = threading.Lock()
         atexit.register(self.close)
 
-    def map(self, fn, items: list[tuple], batch_timeout: float, default, stuck_after: float) -> tuple[list, int] | None:
+    def start(self) -> bool:
+        """Start the workers unless this process has them (up to START_TIMEOUT_S, outside any batch's bound);
+        False when none can start."""
+        with self._lock:
+            return self._started()
+
+    def map(self, fn, items: list[tuple], batch_timeout: float, default, stuck_after: float) -> list | None:
         """`[fn(*args) for args in items]`, returned within about `batch_timeout` seconds of the call.
 
-        Returns `(values, n_dropped)`: items not finished by the deadline, or whose worker died, hold `default`
-        and are counted in `n_dropped`. A worker still busy `stuck_after` seconds after its chunks were
-        cancelled is killed and replaced. The pool's first start is waited for outside the bound. Returns None
-        when no worker can be started at all; the caller then scores in-process.
+        Items not finished by the deadline, or whose worker died, hold `default` (as do those whose `fn`
+        raised). A worker still busy `stuck_after` seconds after its chunks were cancelled is killed and
+        replaced. The pool's first start is waited for outside the bound. Returns None when no worker can be
+        started at all; the caller then scores in-process.
         """
         with self._lock:
+            if not self._started():
+                return None
             deadline = time.monotonic() + batch_timeout
-            if os.getpid() != self._pid:
-                self._workers, self._pid = [], os.getpid()
-            if not self._workers:
-                if self.broken or not self._first_start():
-                    return None
-                deadline = time.monotonic() + batch_timeout
             self._batch += 1
             batch, values, todo = self._batch, [_MISSING] * len(items), deque(self._chunks(len(items)))
             while True:
@@ -145,7 +197,7 @@ class BoundedPool:
                 for w in list(self._workers):
                     self._dispatch(w, batch, fn, default, items, todo)
                 now = time.monotonic()
-                if now >= deadline or not (todo or any(w.batch == batch for w in self._workers)):
+                if now >= deadline or not self._workers or not (todo or any(w.batch == batch for w in self._workers)):
                     break
                 wake = min([deadline] + [w.kill_at for w in self._workers if w.kill_at is not None])
                 ready_conns = wait([w.conn for w in self._workers], timeout=max(0.0, wake - now))
@@ -156,13 +208,7 @@ class BoundedPool:
                 if w.batch == batch:
                     w.kill_at = time.monotonic() + stuck_after
                     w.send(("cancel", batch))
-            dropped = sum(v is _MISSING for v in values)
-            if dropped:
-                logger.warning(
-                    "rewards: %d of %d items got no result within the %.1f s batch bound (or their worker died); "
-                    "scored %r", dropped, len(items), batch_timeout, default,
-                )
-            return [default if v is _MISSING else v for v in values], dropped
+            return [default if v is _MISSING else v for v in values]
 
     def close(self) -> None:
         """Ask this process's workers to exit, then kill whichever is still busy after a second."""
@@ -232,13 +278,24 @@ class BoundedPool:
             self._workers.remove(w)
 
     def _replace(self, w: _Worker) -> None:
+        """Kill `w` and put a new worker in its place; if none can start, the pool goes on one worker short (with
+        none left, the next batch starts it afresh, as the first one did)."""
         w.kill()
-        self._workers[self._workers.index(w)] = _Worker()
+        new = _start_worker()
+        if new is None:
+            self._workers.remove(w)
+        else:
+            self._workers[self._workers.index(w)] = new
+
+    def _started(self) -> bool:
+        if os.getpid() != self._pid:
+            self._workers, self._pid = [], os.getpid()
+        return bool(self._workers) or (not self.broken and self._first_start())
 
     def _first_start(self) -> bool:
         """Start the workers and wait (up to START_TIMEOUT_S) until all are ready; False, and serial scoring
         from then on, if none could start."""
-        self._workers = [_Worker() for _ in range(self.size)]
+        self._workers = [w for w in (_start_worker() for _ in range(self.size)) if w is not None]
         deadline = time.monotonic() + START_TIMEOUT_S
         while self._workers and not all(w.ready for w in self._workers):
             starting = [w for w in self._workers if not w.ready]

@@ -1,18 +1,25 @@
 """The `rewards` package: real math-verify, real worker pool, the values each reward documents."""
 
+import errno
 import logging
 import math
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import rewards.accuracy
-from rewards import REWARDS, get_reward, mean_length_by_mode
-from rewards.accuracy import extract_answer
+import rewards.pool
+from rewards import REWARDS, get_reward
+from rewards.accuracy import extract_answer, verify_one
 from rewards.pool import BoundedPool
+
+ROOT = Path(__file__).resolve().parents[1]
 
 THINK_OK = "<think>\nSix times seven is 42.\n</think>\nThe answer is \\boxed{42}."
 NO_THINK_OK = "The answer is \\boxed{42}."
@@ -61,13 +68,35 @@ def test_comma_numbers_and_the_last_number_fallback(accuracy):
     assert accuracy(["It is 72.", "It is 72."], answer=[72, "72"]) == [1.0, 1.0]  # int gold from a dataset column
 
 
-def test_unparseable_gold_gives_none_and_warns_once(accuracy, caplog):
-    rewards.accuracy._warned.discard("gold")
+class Metrics(list):
+    """Stands in for TRL's `log_metric` hook: records (name, value)."""
+
+    def __call__(self, name, value):
+        self.append((name, value))
+
+
+def test_unparseable_gold_gives_none_and_is_counted_in_every_batch(accuracy, caplog):
+    logged = Metrics()
     with caplog.at_level(logging.WARNING, logger="rewards.accuracy"):
-        values = accuracy([NO_THINK_OK] * 5, answer=["{", "", None, "\\frac{1}{", "42"])
-        accuracy([NO_THINK_OK], answer=["{"])
+        values = accuracy([NO_THINK_OK] * 5, answer=["{", "", None, "\\frac{1}{", "42"], log_metric=logged)
+        assert accuracy([NO_THINK_OK], answer=["{"], log_metric=logged) == [None]
     assert values == [None, None, None, None, 1.0]
-    assert sum("did not parse" in r.message for r in caplog.records) == 1
+    warnings = [r.message for r in caplog.records if "does not parse" in r.message]
+    assert len(warnings) == 2 and "4 of 5 rows" in warnings[0] and "1 of 1 rows" in warnings[1]
+    assert [v for k, v in logged if k == "rewards/accuracy/unparseable_gold"] == [4.0, 1.0]
+    assert [v for k, v in logged if k == "rewards/accuracy/timeouts"] == [0.0, 0.0]
+
+
+def test_an_error_while_parsing_the_gold_gives_none_not_0(monkeypatch):
+    def broken_parser(*args, **kwargs):
+        raise RuntimeError("parser bug")
+
+    rewards.accuracy._parse_gold.cache_clear()
+    monkeypatch.setattr(rewards.accuracy, "parse", broken_parser)
+    try:
+        assert verify_one("42", "\\boxed{42}", 2) is None  # the gold's fault, not the completion's
+    finally:
+        rewards.accuracy._parse_gold.cache_clear()
 
 
 def test_serial_path_matches_the_pool(accuracy):
@@ -77,42 +106,67 @@ def test_serial_path_matches_the_pool(accuracy):
     assert serial(completions, answer=golds) == accuracy(completions, answer=golds) == [1.0, 1.0, 0.0, 1.0, None]
 
 
-def test_accuracy_works_off_the_main_thread(accuracy):
-    """signal.alarm needs the main thread: the pool's workers have their own; the serial path drops timeouts."""
+def test_off_the_main_thread_the_pool_verifies_and_nothing_runs_unbounded(accuracy, caplog):
+    """signal.alarm needs the main thread: the pool's workers have their own; without a pool, math-verify off the
+    main thread could run forever (here `9^{9^{9^{9}}}` would), so those rows are not verified: None, and a warning."""
     out = {}
     serial = get_reward("accuracy", workers=0, timeout=2)
+
     def score_both():
-        out.update(pool=accuracy([NO_THINK_OK], answer=["42"]), serial=serial([NO_THINK_OK], answer=["42"]))
+        out.update(
+            pool=accuracy([NO_THINK_OK], answer=["42"]),
+            serial=serial([NO_THINK_OK, "\\boxed{9^{9^{9^{9}}}}"], answer=["42", "7"]),
+        )
 
-    thread = threading.Thread(target=score_both)
-    thread.start()
-    thread.join(60)
-    assert out == {"pool": [1.0], "serial": [1.0]}
+    # Started here: workers die with the thread that started them (PR_SET_PDEATHSIG), and this one ends.
+    assert accuracy([NO_THINK_OK], answer=["42"]) == [1.0]
+    with caplog.at_level(logging.WARNING, logger="rewards.accuracy"):
+        thread = threading.Thread(target=score_both, daemon=True)
+        thread.start()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert out == {"pool": [1.0], "serial": [None, None]}
+    assert "2 rows not verified" in caplog.text
 
 
-def test_a_batch_returns_at_its_bound_and_the_busy_worker_rejoins(accuracy):
+def test_a_batch_returns_at_its_bound_and_the_busy_worker_rejoins(accuracy, caplog):
     # math-verify's own timeout (3 s) is longer than the batch bound (1 s): only the pool's bound can cut it.
     hasty = get_reward("accuracy", workers=2, timeout=3, batch_timeout=1.0)
     assert accuracy([NO_THINK_OK], answer=["42"]) == [1.0]  # the shared pool is started (outside the bound)
+    logged = Metrics()
     start = time.monotonic()
-    values = hasty(["\\boxed{9^{9^{9^{9}}}}", NO_THINK_OK], answer=["7", "42"])
+    with caplog.at_level(logging.WARNING, logger="rewards.accuracy"):
+        values = hasty(["\\boxed{9^{9^{9^{9}}}}", NO_THINK_OK], answer=["7", "42"], log_metric=logged)
     elapsed = time.monotonic() - start
     assert values == [0.0, 1.0]
     assert 0.9 < elapsed < 2.5  # the bound, not the 3 s math-verify would have taken
+    assert ("rewards/accuracy/timeouts", 1.0) in logged and "1 of 2 rows got no result" in caplog.text
     assert accuracy([THINK_OK, "\\boxed{41}"] * 4, answer=["42"] * 8) == [1.0, 0.0] * 4  # the pool still works
+
+
+def test_a_row_that_times_out_keeps_none_when_its_gold_does_not_parse(accuracy):
+    """Golds are checked ahead of the rows, so a row cut off by the deadline still knows its gold's verdict."""
+    assert accuracy([NO_THINK_OK], answer=["42"]) == [1.0]  # started
+    hasty = get_reward("accuracy", workers=2, timeout=3, batch_timeout=0.5)
+    slow = ["\\boxed{9^{9^{9^{9}}}}"] * 100  # 100 x 20 ms of CPU in the first pass: more than the 0.5 s bound
+    logged = Metrics()
+    values = hasty(slow + [NO_THINK_OK], answer=["7"] * 100 + ["{"], log_metric=logged)
+    assert values == [0.0] * 100 + [None]
+    timeouts = dict(logged)["rewards/accuracy/timeouts"]
+    assert 0 < timeouts <= 100 and dict(logged)["rewards/accuracy/unparseable_gold"] == 1.0
 
 
 def test_a_worker_stuck_past_its_batch_is_killed_and_replaced():
     """A worker that no alarm frees (here: a plain sleep) is killed `stuck_after` seconds past the deadline."""
     pool = BoundedPool(1)
     try:
-        assert pool.map(abs, [(-1,)], batch_timeout=60.0, default=None, stuck_after=1.0) == ([1], 0)  # started
+        assert pool.map(abs, [(-1,)], batch_timeout=60.0, default=None, stuck_after=1.0) == [1]  # started
         start = time.monotonic()
-        assert pool.map(time.sleep, [(60,)], batch_timeout=0.5, default=None, stuck_after=0.5) == ([None], 1)
+        assert pool.map(time.sleep, [(60,)], batch_timeout=0.5, default=None, stuck_after=0.5) == [None]
         assert time.monotonic() - start < 2.0  # the 0.5 s bound, not the 60 s sleep
         stuck = pool._workers[0].proc
         time.sleep(0.6)
-        assert pool.map(abs, [(-3,), (4,)], batch_timeout=60.0, default=None, stuck_after=1.0) == ([3, 4], 0)
+        assert pool.map(abs, [(-3,), (4,)], batch_timeout=60.0, default=None, stuck_after=1.0) == [3, 4]
         assert stuck.poll() is not None and pool._workers[0].proc is not stuck
     finally:
         pool.close()
@@ -122,11 +176,72 @@ def test_a_worker_that_dies_mid_batch_costs_only_its_items():
     """A crash (here os._exit, as an OOM kill would) leaves the default for what it held; a new worker goes on."""
     pool = BoundedPool(1)
     try:
-        values, dropped = pool.map(os._exit, [(3,)], batch_timeout=30.0, default=None, stuck_after=1.0)
-        assert (values, dropped) == ([None], 1)
-        assert pool.map(abs, [(-1,), (-2,)], batch_timeout=30.0, default=None, stuck_after=1.0) == ([1, 2], 0)
+        assert pool.map(os._exit, [(3,)], batch_timeout=30.0, default=None, stuck_after=1.0) == [None]
+        assert pool.map(abs, [(-1,), (-2,)], batch_timeout=30.0, default=None, stuck_after=1.0) == [1, 2]
     finally:
         pool.close()
+
+
+def _no_process(*args, **kwargs):
+    raise OSError(errno.EAGAIN, "Resource temporarily unavailable")  # fork at the process limit
+
+
+def test_a_worker_that_cannot_start_costs_its_items_not_the_run(monkeypatch, caplog):
+    """A replacement that cannot start (process limit, out of memory) leaves the pool short, never raises."""
+    pool = BoundedPool(1)
+    try:
+        assert pool.map(abs, [(-1,)], batch_timeout=60.0, default=None, stuck_after=1.0) == [1]  # started
+        monkeypatch.setattr(subprocess, "Popen", _no_process)
+        with caplog.at_level(logging.ERROR, logger="rewards.pool"):
+            assert pool.map(os._exit, [(3,)], batch_timeout=30.0, default=None, stuck_after=1.0) == [None]
+            assert pool.map(abs, [(-1,)], batch_timeout=30.0, default=None, stuck_after=1.0) is None  # none left
+        assert "could not start a math-verify worker" in caplog.text and pool.broken
+    finally:
+        pool.close()
+
+
+def test_the_reward_scores_in_process_when_no_worker_can_start(monkeypatch):
+    monkeypatch.setitem(rewards.pool._POOLS, 3, BoundedPool(3))  # a fresh pool, dropped again after the test
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    reward = get_reward("accuracy", workers=3, timeout=2)
+    assert reward([NO_THINK_OK, "\\boxed{41}"], answer=["42", "42"]) == [1.0, 0.0]  # main thread: alarms bound it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux-only")
+def test_workers_are_memory_capped_and_die_with_a_killed_parent():
+    """kill -9 of the trainer runs no clean-up; its worker, stuck mid-item (a sleep standing in for a C-level
+    big-int power that ignores the closed pipe and alarms), is killed by the kernel."""
+    script = (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from rewards.pool import BoundedPool\n"
+        "pool = BoundedPool(1)\n"
+        "pool.map(abs, [(-1,)], 60.0, None, 60.0)\n"
+        "print(pool._workers[0].proc.pid, flush=True)\n"
+        "pool.map(time.sleep, [(120,)], 600.0, None, 600.0)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        limits = Path(f"/proc/{worker}/limits").read_text()
+        cap = str(rewards.pool.WORKER_MEMORY_BYTES)
+        assert any(line.startswith("Max address space") and cap in line for line in limits.splitlines())
+        time.sleep(0.5)  # the worker is in its sleep
+        assert _alive(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; whoever adopted it reaps it
 
 
 def test_timeout_must_be_an_integer_number_of_seconds():
@@ -254,12 +369,6 @@ def test_length_budget_per_mode(mode, length, expected):
     reward = get_reward("length_budget", think_budget=100, no_think_budget=10)
     expected = [None] if expected is None else [pytest.approx(expected)]
     assert reward(["x"], mode=[mode], completion_ids=[ids(length)]) == expected
-
-
-def test_mean_length_by_mode():
-    modes = ["think", "think", "no_think", None]
-    assert mean_length_by_mode([ids(10), ids(30), ids(4), ids(99)], modes) == {"think": 20.0, "no_think": 4.0}
-    assert mean_length_by_mode([], []) == {}
 
 
 # --- registry -----------------------------------------------------------------------------------------------

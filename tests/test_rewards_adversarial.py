@@ -1,4 +1,5 @@
-"""1,000 hostile completions through every registered reward: no exception, bounded time, finite values.
+"""1,000 hostile completions through every registered reward: no exception, bounded time, finite values, and the
+correct rows mixed in among them still scored as they are alone.
 
 None is allowed only where a reward documents it: the accuracy rewards for a gold answer that does not parse,
 the mode-aware rewards for a row whose mode is neither think nor no_think.
@@ -14,7 +15,12 @@ from rewards.format import normalize_mode
 
 N = 1000
 TIMEOUT = 1  # math-verify's per-call timeout, seconds
-BATCH_TIMEOUT = 2.0  # the pool's bound per call
+# The pool's bound per call. Its first pass over this batch (every item on a 20 ms CPU budget; ~80 of them use
+# it up) is ~1 s of CPU per worker, measured 2.1 s wall with the 2 cores shared at load 3.4; the correct rows
+# need that pass done.
+BATCH_TIMEOUT = 5.0
+CORRECT = "<think>\nSix plus one.\n</think>\nThe answer is \\boxed{7}."  # mixed in: every CORRECT_EVERY-th row
+CORRECT_EVERY = 20
 
 MEGABYTE = "7" * 1_000_000
 LONG_IDS = list(range(100_000))
@@ -101,6 +107,8 @@ def hostile_batch(seed=0):
     answers = [rng.choice(GOLDS) for _ in range(N)]
     modes = [rng.choice(MODES) for _ in range(N)]
     completion_ids = [rng.choice([None, [], [1] * rng.randint(0, 10_000), "not ids", 5, LONG_IDS]) for _ in range(N)]
+    for i in range(0, N, CORRECT_EVERY):
+        completions[i], answers[i], modes[i], completion_ids[i] = CORRECT, "7", "think", [1] * 20
     return completions, answers, modes, completion_ids
 
 
@@ -120,13 +128,18 @@ def test_every_registered_reward_survives_1000_hostile_completions():
         "soft_overlong": [False] * N,
     }
     assert set(none_ok) == set(REWARDS), "a new reward needs its None rule here"
+    correct_rows = range(0, N, CORRECT_EVERY)
+    accuracy = get_reward("accuracy", **PARAMS["accuracy"])
+    assert accuracy([CORRECT], answer=["7"]) == [1.0]  # the pool started: its start is not a batch's time
     start = time.monotonic()
     for name in REWARDS:
         reward = get_reward(name, **PARAMS.get(name, {}))
+        alone = reward([CORRECT], answer=["7"], mode=["think"], completion_ids=[[1] * 20])[0]
         t0 = time.monotonic()
         values = reward(completions, answer=answers, mode=modes, completion_ids=completion_ids, prompts=[None] * N)
-        assert time.monotonic() - t0 < BATCH_TIMEOUT + 10, name  # one pool start (~1 s) + the bound + extraction
+        assert time.monotonic() - t0 < BATCH_TIMEOUT + 1.0, name  # the bound, plus extraction of 1 MB strings
         assert len(values) == N, name
+        assert [values[i] for i in correct_rows] == [alone] * len(correct_rows), name  # not dropped with the rest
         for i, value in enumerate(values):
             if value is None:
                 row = f"{completions[i]!r:.80}, gold {answers[i]!r:.40}, mode {modes[i]!r}"

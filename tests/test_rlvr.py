@@ -2,6 +2,7 @@
 model (the CPU path: transformers generation), real rewards (math-verify), real chat template."""
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -51,7 +52,8 @@ def _parse(argv):
 def test_two_step_run_writes_loadable_checkpoint_and_per_mode_logs(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert rlvr.main(_recipe(tmp_path, tiny_model_dir)) == 0
+    # The real scoring path inside GRPOTrainer: math-verify in a worker process.
+    assert rlvr.main(_recipe(tmp_path, tiny_model_dir, reward_kwargs={"accuracy": {"workers": 1}})) == 0
     out = tmp_path / "rlvr"
     assert out.is_dir() and not (tmp_path / "rlvr.partial").exists()
     model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
@@ -71,6 +73,8 @@ def test_two_step_run_writes_loadable_checkpoint_and_per_mode_logs(tiny_model_di
         per_mode = [h[f"completions/{m}/mean_length"] for m in ("think", "no_think") if f"completions/{m}/mean_length" in h]
         assert min(per_mode) - 1e-6 <= h["completions/mean_length"] <= max(per_mode) + 1e-6
         assert all(math.isfinite(h[k]) for k in h if k.startswith("rewards/"))
+        # the reward's own counts reach TRL's logs through its log_metric hook
+        assert h["rewards/accuracy/timeouts"] == 0.0 and h["rewards/accuracy/unparseable_gold"] == 0.0
 
 
 def test_prompts_carry_the_mode_in_the_system_message_and_no_think_ends_with_empty_think_block(tiny_model_dir, tmp_path):
@@ -176,6 +180,36 @@ def test_serve_without_vllm_names_the_extra(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'posttrain[vllm]'" in err
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo", "dapo", "ppo"])
+def test_loss_type_is_checked_before_anything_is_loaded(tiny_model_dir, tmp_path, loss_type):
+    argv = ["--config", str(ROOT / "recipes" / "tiny" / "rlvr.yaml"), "--loss_type", loss_type]
+    script, training, _ = _parse(argv)
+    if loss_type != "ppo":
+        rlvr.check_rollouts(training, script)
+        assert training.loss_type == loss_type
+        return
+    # GRPOConfig takes any string; TRL's trainer would raise only at its first step, after model and rollouts
+    with pytest.raises(UserError, match="recipe key 'loss_type': must be one of dapo, grpo") as e:
+        rlvr.main(_recipe(tmp_path, tiny_model_dir, loss_type=loss_type))
+    assert "\n" not in str(e.value) and not (tmp_path / "rlvr").exists() and not (tmp_path / "rlvr.partial").exists()
+
+
+def test_a_soft_overlong_limit_other_than_max_completion_length_warns(tiny_model_dir, tmp_path, caplog):
+    def check(max_length):
+        argv = _recipe(
+            tmp_path, tiny_model_dir, reward_funcs=["accuracy", "soft_overlong"], max_completion_length=8,
+            reward_kwargs={"accuracy": {"workers": 0}, "soft_overlong": {"max_length": max_length, "cache_length": 2}},
+        )
+        script, training, _ = _parse(argv)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="posttrain"):
+            rlvr.check_rollouts(training, script)
+        return caplog.text
+
+    assert "soft_overlong max_length 16 differs from max_completion_length 8" in check(16)
+    assert "soft_overlong" not in check(8)
 
 
 @pytest.mark.parametrize("name", ["tiny", "smollm3"])
