@@ -39,7 +39,7 @@ def main(argv):
     if name not in COMMANDS:
         from posttrain.errors import UserError
 
-        raise UserError(f"unknown command {name!r}\n{usage()}")
+        raise UserError(f"unknown command {name!r} (commands: {', '.join(COMMANDS)}; see posttrain --help)")
     module = importlib.import_module(COMMANDS[name][0])
     code = module.main(rest)
     sys.exit(code or 0)

@@ -13,7 +13,8 @@ A recipe's `datasets` is a list of sources, each a mapping:
 Modes. A row is /think or /no_think. User rows with a `mode` column keep it; rows that carry reasoning and no
 `mode` may go either way, and enough of them are made /no_think (their reasoning dropped, the final answer
 kept) to bring the /no_think share to `no_think_fraction`; rows without reasoning are /no_think (a /think
-turn without a trace would teach the model to skip thinking). SFT and DPO rows carry the mode as a per-row
+turn without a trace would teach the model to skip thinking), or refused where the recipe sets
+`require_reasoning` (mid-training: every row must carry a trace). SFT and DPO rows carry the mode as a per-row
 `chat_template_kwargs` column, which TRL passes to `apply_chat_template`; GRPO cannot, so RLVR/evaluation
 prompts carry it as a system message that is exactly "/think" or "/no_think" (the template honours the flag).
 
@@ -65,11 +66,16 @@ USER_FILES = ("messages", "preferences", "prompts")  # names whose `path` is req
 TURN = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
 MESSAGE = {"role": Value("string"), "content": Value("string")}
 MODE_KWARGS = {"enable_thinking": Value("bool")}
-CONVERSATION = Features({"messages": List(TURN), "mode": Value("string")})
-PREFERENCE = Features({"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string")})
+# `where` ("path: row N", or the generated problem) travels with every row, so a check made after mixing and
+# shuffling (rows longer than max_length) still names the file and row.
+WHERE = {"where": Value("string")}
+CONVERSATION = Features({"messages": List(TURN), "mode": Value("string"), **WHERE})
+PREFERENCE = Features(
+    {"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string"), **WHERE}
+)
 PROMPT = Features(
     {"prompt": List(MESSAGE), "answer": Value("string"), "mode": Value("string"), "level": Value("int64"),
-     "source": Value("string")}
+     "source": Value("string"), **WHERE}
 )
 
 
@@ -234,14 +240,15 @@ def parse_messages(value, where: str, field: str = "messages", need_assistant: b
 
 def _check_mode(turns: list[dict], mode: str | None, where: str, field: str, require_reasoning: bool) -> str | None:
     """The row's mode: given, or None (either) when its assistant turns reason, else no_think. Raises on a
-    reasoning /no_think turn, and with `require_reasoning` on a turn that may train /think without reasoning."""
+    reasoning /no_think turn, and with `require_reasoning` on a turn that may train /think without reasoning
+    (an untagged row without reasoning included: only an explicit `mode: no_think` exempts a row)."""
     assistant = [(i, t) for i, t in enumerate(turns) if t["role"] == "assistant"]
     if mode == "no_think":
         for i, t in assistant:
             if t["reasoning_content"]:
                 raise DataError(f"{where}: field '{field}[{i}].content': a {THINK_OPEN} block in a /no_think answer")
         return mode
-    if mode is None and not any(t["reasoning_content"] for _, t in assistant):
+    if mode is None and not require_reasoning and not any(t["reasoning_content"] for _, t in assistant):
         return "no_think"
     if require_reasoning:
         for i, t in assistant:
@@ -333,8 +340,12 @@ def _source_seed(source: Source, seed: int) -> int:
     return seed if source.seed is None else source.seed
 
 
-def _problems(source: Source, seed: int) -> list[task.Problem]:
-    return task.generate(source.split, source.rows, seed=_source_seed(source, seed), levels=source.levels)
+def _problems(source: Source, seed: int) -> Iterator[tuple[str, task.Problem]]:
+    """(where, problem) for the source's generated problems; `where` names the generator call and the problem."""
+    seed = _source_seed(source, seed)
+    problems = task.generate(source.split, source.rows, seed=seed, levels=source.levels)
+    for i, problem in enumerate(problems):
+        yield f"arithmetic (split {source.split}, seed {seed}): problem {i + 1}", problem
 
 
 def _boxed_sentence(answer: str) -> str:
@@ -366,15 +377,15 @@ def _gsm8k_rows(source: Source) -> Iterator[tuple[str, str, str, str]]:
 
 
 def _arithmetic_conversations(source: Source, seed: int) -> Iterator[dict]:
-    for p in _problems(source, seed):
+    for where, p in _problems(source, seed):
         reply = _turn("assistant", task.completion(p, "no_think"), p.reasoning)
-        yield {"messages": [_turn("user", p.question), reply], "mode": None}
+        yield {"messages": [_turn("user", p.question), reply], "mode": None, "where": where}
 
 
 def _gsm8k_conversations(source: Source) -> Iterator[dict]:
-    for _, question, reasoning, answer in _gsm8k_rows(source):
+    for where, question, reasoning, answer in _gsm8k_rows(source):
         reply = _turn("assistant", _boxed_sentence(answer), reasoning)
-        yield {"messages": [_turn("user", question), reply], "mode": None}
+        yield {"messages": [_turn("user", question), reply], "mode": None, "where": where}
 
 
 def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dict]:
@@ -382,16 +393,17 @@ def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dic
         if "messages" not in row:
             raise DataError(f"{where}: field 'messages': missing")
         turns = parse_messages(row["messages"], where)
-        yield {"messages": turns, "mode": _check_mode(turns, _mode(row, where), where, "messages", require_reasoning)}
+        mode = _check_mode(turns, _mode(row, where), where, "messages", require_reasoning)
+        yield {"messages": turns, "mode": mode, "where": where}
 
 
 def _arithmetic_pairs(source: Source, seed: int, no_think_fraction: float) -> Iterator[dict]:
     """Half the pairs: right vs plausibly wrong answer; half: right vs the mode broken (a think block in
     /no_think, no reasoning in /think). Modes are fixed here, since what is rejected depends on them."""
+    problems = list(_problems(source, seed))
     seed = _source_seed(source, seed)
-    problems = _problems(source, seed)
     rng = random.Random(f"{seed}/pairs")
-    for p, mode in zip(problems, assign_modes([None] * len(problems), no_think_fraction, seed)):
+    for (where, p), mode in zip(problems, assign_modes([None] * len(problems), no_think_fraction, seed)):
         think, boxed = mode == "think", task.completion(p, "no_think")
         chosen = _turn("assistant", boxed, p.reasoning if think else None)
         if rng.random() < 0.5:
@@ -400,7 +412,8 @@ def _arithmetic_pairs(source: Source, seed: int, no_think_fraction: float) -> It
             rejected = _turn("assistant", boxed)
         else:
             rejected = _turn("assistant", task.completion(p, "think"))
-        yield {"prompt": [_turn("user", p.question)], "chosen": [chosen], "rejected": [rejected], "mode": mode}
+        yield {"prompt": [_turn("user", p.question)], "chosen": [chosen], "rejected": [rejected], "mode": mode,
+               "where": where}
 
 
 def _gsm8k_pairs(source: Source) -> Iterator[dict]:
@@ -424,7 +437,7 @@ def _gsm8k_pairs(source: Source) -> Iterator[dict]:
             for bad, rejected in wrong:
                 if good != bad:
                     prompt = [_turn("user", question)]
-                    yield {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "mode": None}
+                    yield {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "mode": None, "where": where}
 
 
 def _completion_field(row: dict, where: str, field: str) -> list[dict]:
@@ -462,29 +475,30 @@ def _user_pairs(source: Source) -> Iterator[dict]:
         if mode == "no_think" and rejected[0]["reasoning_content"]:  # the template ignores reasoning_content here
             reasoning, answer = rejected[0]["reasoning_content"], rejected[0]["content"]
             rejected = [_turn("assistant", f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{answer}")]
-        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected, "mode": mode}
+        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected, "mode": mode, "where": where}
 
 
-def _prompt_row(prompt: str | list[dict], answer: str, level: int, source: str, mode: str | None = None) -> dict:
+def _prompt_row(where: str, prompt: str | list[dict], answer: str, level: int, source: str,
+                mode: str | None = None) -> dict:
     """A prompt row before its mode is known; a string prompt is one user turn."""
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    return {"prompt": prompt, "answer": answer, "mode": mode, "level": level, "source": source}
+    return {"prompt": prompt, "answer": answer, "mode": mode, "level": level, "source": source, "where": where}
 
 
 def _arithmetic_prompts(source: Source, seed: int) -> Iterator[dict]:
-    for p in _problems(source, seed):
-        yield _prompt_row(p.question, p.answer, p.level, "arithmetic")
+    for where, p in _problems(source, seed):
+        yield _prompt_row(where, p.question, p.answer, p.level, "arithmetic")
 
 
 def _gsm8k_prompts(source: Source) -> Iterator[dict]:
-    for _, question, _, answer in _gsm8k_rows(source):
-        yield _prompt_row(question, answer, 0, "gsm8k")
+    for where, question, _, answer in _gsm8k_rows(source):
+        yield _prompt_row(where, question, answer, 0, "gsm8k")
 
 
 def _math500_prompts(source: Source) -> Iterator[dict]:
     for where, row in read_jsonl(source.path, source.rows):
-        yield _prompt_row(_string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
+        yield _prompt_row(where, _string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
 
 
 def _user_prompts(source: Source) -> Iterator[dict]:
@@ -492,7 +506,7 @@ def _user_prompts(source: Source) -> Iterator[dict]:
     the file's stem is the `source` label."""
     for where, row in read_jsonl(source.path, source.rows):
         prompt = [{"role": t["role"], "content": t["content"]} for t in _prompt_field(row, where, reserved_system=True)]
-        yield _prompt_row(prompt, _string(row, where, "answer"), 0, Path(source.path).stem, _mode(row, where))
+        yield _prompt_row(where, prompt, _string(row, where, "answer"), 0, Path(source.path).stem, _mode(row, where))
 
 
 # ----------------------------------------------------------------------------------------------- loaders
@@ -559,17 +573,18 @@ def load_prompts(sources, *, no_think_fraction: float, seed: int) -> Dataset:
 # ----------------------------------------------------------------------------------- length & record
 
 
-def _rendered_length(row: dict, tokenizer) -> int:
+def _rendered_length(row: dict, tokenizer) -> tuple[int, str]:
+    """(tokens, the field that made them) of a row rendered with its mode's template kwargs."""
     kwargs = row.get("chat_template_kwargs") or {}
 
     def length(messages, **extra) -> int:
         return len(tokenizer.apply_chat_template(messages, return_dict=True, **kwargs, **extra)["input_ids"])
 
     if "messages" in row:
-        return length(row["messages"])
+        return length(row["messages"]), "messages"
     if "chosen" in row:
-        return max(length(row["prompt"] + row["chosen"]), length(row["prompt"] + row["rejected"]))
-    return length(row["prompt"], add_generation_prompt=True)
+        return max((length(row["prompt"] + row[side]), f"prompt + {side}") for side in ("chosen", "rejected"))
+    return length(row["prompt"], add_generation_prompt=True), "prompt"
 
 
 def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "drop") -> tuple[Dataset, dict]:
@@ -583,12 +598,13 @@ def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "d
         raise DataError(f"recipe key 'overlong_policy': must be drop or error, got {policy!r}")
     keep, dropped, total = [], dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0)
     for i, row in enumerate(dataset):
-        n = _rendered_length(row, tokenizer)
+        n, field = _rendered_length(row, tokenizer)
         total[row["mode"]] += 1
         if n <= max_length:
             keep.append(i)
         elif policy == "error":
-            raise DataError(f"dataset row {i + 1} ({row['mode']}): {n} tokens > max_length {max_length}")
+            raise DataError(f"{row['where']}: field '{field}': {n} tokens rendered in /{row['mode']} mode > "
+                            f"max_length {max_length} (overlong_policy: error)")
         else:
             dropped[row["mode"]] += 1
     if any(dropped.values()):

@@ -4,7 +4,8 @@ source), mode adherence, completion length -- and how its lengths drifted since 
 Every question is asked in BOTH modes (`both_modes`), so /think and /no_think accuracy compare on the same
 questions, level by level: the gap between them is what the hybrid recipe is for. Scoring goes through the
 same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format"`), so "accurate" and
-"adherent" here mean exactly what the RL reward paid for.
+"adherent" here mean what the RL reward paid for (adherent also asks that the completion ended before the token
+budget).
 
 Generation is greedy. On CPU (or a GPU without vLLM) it is batched transformers `generate`: prompts sorted by
 length and batched under a token budget so a batch pads little, left padding, KV cache, `inference_mode`. With vLLM installed and CUDA present
@@ -218,8 +219,8 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     Returns {"modes": {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored, by_level}},
     "by_source": {source: {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored}}},
     "samples": [...]}. `accuracy` is over rows whose gold answer parses (`unscored` counts the others; None
-    when none does); `mode_adherence` is the share the format reward passes; `truncated` is the share that
-    hit the token budget; `by_level` holds levels >= 1 (level 0 means "no level": GSM8K, MATH-500).
+    when none does); `mode_adherence` is the share the format reward passes among completions that ended
+    before the token budget; `truncated` is the share that hit the budget; `by_level` holds levels >= 1 (level 0 means "no level": GSM8K, MATH-500).
     """
     from rewards import get_reward
 
@@ -228,7 +229,10 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     rows = list(rows)
     columns = {"answer": [r["answer"] for r in rows], "mode": [r["mode"] for r in rows]}
     accuracy = get_reward("accuracy")(list(completions), **columns)
-    adherent = get_reward("format")(list(completions), **columns)
+    # A completion cut off by the token budget never finished its answer: not adherent, whatever its shape so
+    # far (else a base model rambling for max_new_tokens without a think tag would "adhere" to /no_think).
+    adherent = [None if ok is None else ok * (not cut)
+                for ok, cut in zip(get_reward("format")(list(completions), **columns), truncated)]
 
     def summary(index: list[int]) -> dict:
         return {

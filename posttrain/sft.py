@@ -60,10 +60,11 @@ def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.
     training.output_dir = str(out.partial)
     trainer = SFTTrainer(
         model=model, args=training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=stage.peft_config(model_args),
+        peft_config=stage.peft_config(model_args, tokenizer, new_tokens),
     )
     kept = _documents(trainer.train_dataset)
     if kept < len(dataset):  # (wrapped packing may cut rows into more pieces, never fewer)
+        out.abandon()
         raise UserError(
             f"{name}: TRL kept {kept} of {len(dataset)} rows after tokenization (fully masked rows dropped); "
             "check max_length against the rendered length of the rows"

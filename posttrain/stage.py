@@ -152,11 +152,18 @@ def load_tokenizer(model_args, tokenizer_name_or_path: str | None = None):
     return tokenizer, new_tokens
 
 
-def peft_config(model_args):
-    """TRL's LoraConfig from the recipe's `use_peft` / `lora_*` keys, or None."""
+def peft_config(model_args, tokenizer, new_tokens: dict):
+    """TRL's LoraConfig from the recipe's `use_peft` / `lora_*` keys, or None.
+
+    Tokens `load_tokenizer` added (e.g. `<think>` for SmolLM2) get trainable embedding rows through PEFT's
+    `trainable_token_indices`: with LoRA alone they would stay frozen at their mean-of-pieces init, and the model
+    could hardly learn to emit them. The rows merge into the saved model with the adapter."""
     from trl import get_peft_config
 
-    return get_peft_config(model_args)
+    config = get_peft_config(model_args)
+    if config is not None and new_tokens and config.trainable_token_indices is None:
+        config.trainable_token_indices = sorted(tokenizer.convert_tokens_to_ids(list(new_tokens)))
+    return config
 
 
 def load_model(model_args, tokenizer, new_tokens: dict | None = None, quantize: bool = True):
@@ -187,7 +194,7 @@ def load_model(model_args, tokenizer, new_tokens: dict | None = None, quantize: 
             model = AutoModelForCausalLM.from_pretrained(
                 name, revision=model_args.model_revision, use_safetensors=True, **kwargs
             )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: e.g. a config.json of an unknown model_type
         raise UserError(f"{name}: cannot load model ({str(e).splitlines()[0]})") from None
     init_new_embeddings(model, tokenizer, new_tokens or {})
     for config in (model.config, model.generation_config):
@@ -279,6 +286,12 @@ class StageOutput:
         if self.final.exists() and not (self.final.is_dir() and not any(self.final.iterdir())) and not overwrite:
             raise UserError(f"output_dir {self.final} already holds a complete output; set overwrite_output_dir: true")
 
+    def abandon(self) -> None:
+        """Remove the empty `.partial` the Trainer creates when it is built, for a stage that fails a check made
+        after that (a `.partial` holding resume checkpoints is kept)."""
+        if self.partial.is_dir() and not any(self.partial.iterdir()):
+            self.partial.rmdir()
+
     def start(self, keep_partial: bool = False) -> None:
         """Clear a stale `.partial` left by an interrupted run (kept when resuming from one of its checkpoints)."""
         if self.partial.exists() and not keep_partial:
@@ -353,6 +366,7 @@ class StageRun:
             "learning_rate": trainer.args.learning_rate,
             "train_metrics": result.metrics,
             "global_step": trainer.state.global_step,
+            "world_size": trainer.accelerator.num_processes,
             "wall_s": round(wall_s, 2),
             "command": sys.argv,
         }

@@ -133,6 +133,14 @@ def test_bad_recipe_exits_with_one_line_error_and_no_traceback(tmp_path):
         cli.main(["check-template", "--config", path, "--debug"])
 
 
+def test_unknown_command_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sftt"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: unknown command 'sftt' (commands: midtrain, sft, dpo,")
+
+
 # --- recipes/accelerate/*.yaml ------------------------------------------------------------------------------
 
 ACCELERATE_CONFIGS = {"ddp": "MULTI_GPU", "fsdp2": "FSDP", "zero3": "DEEPSPEED", "multi_node": "MULTI_GPU"}

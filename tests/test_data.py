@@ -47,7 +47,7 @@ def gsm8k_final(answer):
 def test_arithmetic_conversations_hit_the_no_think_share_and_drop_reasoning_there():
     sources = [{"name": "arithmetic", "rows": 200, "levels": [2, 3]}]
     ds = data.load_conversations(sources, no_think_fraction=0.3, seed=0)
-    assert ds.column_names == ["messages", "mode", "chat_template_kwargs"] and len(ds) == 200
+    assert ds.column_names == ["messages", "mode", "where", "chat_template_kwargs"] and len(ds) == 200
     assert ds["mode"].count("no_think") == 60
     for row in ds:
         think = row["mode"] == "think"
@@ -133,7 +133,7 @@ def test_trl_sft_trains_on_the_right_span_and_drops_no_row(tmp_path, tiny_model_
 
 def test_arithmetic_pairs_reject_wrong_answers_and_mode_violations():
     ds = data.load_preferences([{"name": "arithmetic", "rows": 200}], no_think_fraction=0.5, seed=0)
-    assert ds.column_names == ["prompt", "chosen", "rejected", "mode", "chat_template_kwargs"]
+    assert ds.column_names == ["prompt", "chosen", "rejected", "mode", "where", "chat_template_kwargs"]
     assert ds["mode"].count("no_think") == 100
     kinds = set()
     for row in ds:
@@ -262,8 +262,10 @@ def test_drop_overlong_counts_per_mode_and_can_refuse(tiny_tokenizer, caplog):
         kept, stats = data.drop_overlong(ds, tiny_tokenizer, longest_no_think, policy="drop")
     assert stats == {"think": 20, "no_think": 0}
     assert set(kept["mode"]) == {"no_think"} and "20 of 20 /think rows" in caplog.text
-    first_think = ds["mode"].index("think") + 1
-    with pytest.raises(DataError, match=rf"^dataset row {first_think} \(think\): \d+ tokens > max_length"):
+    first_think = ds[ds["mode"].index("think")]["where"]  # rows are shuffled: the error names the source row
+    assert first_think.startswith("arithmetic (split train, seed 0): problem ")
+    with pytest.raises(DataError, match=rf"^{re.escape(first_think)}: field 'messages': \d+ tokens rendered in "
+                                        r"/think mode > max_length \d+ \(overlong_policy: error\)$"):
         data.drop_overlong(ds, tiny_tokenizer, longest_no_think, policy="error")
     # preference rows are measured with their longer side: here, a /no_think rejected answer that thinks
     pairs = data.load_preferences([{"name": "arithmetic", "rows": 40, "levels": [3]}], no_think_fraction=1.0, seed=0)
@@ -288,7 +290,7 @@ def chat(reply, **extra):
     return {"messages": [user("2+2?"), reply if isinstance(reply, dict) else assistant(reply)], **extra}
 
 
-GOOD = chat("4")
+GOOD = chat("<think>\n2+2=4\n</think>\n4")
 BAD_CONVERSATIONS = {  # case: (rows, 1-based line of the bad row, what the message says)
     "missing messages": ([GOOD, {"text": "hi"}], 2, "field 'messages': missing"),
     "messages not a list": ([{"messages": "hello"}], 1, "field 'messages': must be a non-empty list"),
@@ -305,6 +307,9 @@ BAD_CONVERSATIONS = {  # case: (rows, 1-based line of the bad row, what the mess
     "malformed JSON": ([GOOD, GOOD, '{"messages": [}'], 3, "not valid JSON"),
     "think row without reasoning": ([GOOD, chat("4", mode="think")], 2,
                                     "field 'messages[1]': /think assistant turn without reasoning"),
+    # require_reasoning refuses an untagged row without a trace too (it would otherwise train as /no_think)
+    "untagged row without reasoning": ([GOOD, chat("4")], 2,
+                                       "field 'messages[1]': /think assistant turn without reasoning"),
 }
 
 

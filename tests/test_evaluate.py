@@ -42,24 +42,25 @@ def test_score_hand_written_completions():
         (_row("What is 20+30?", "50", "think", 2), THINK.format(r="20+30=40", a=40)),
         (_row("What is 21+30?", "51", "think", 2), "<think>\nso \\boxed{51}\n</think>\n"),
         (_row("Ann has 3 pens...", "7", "think", 0, "gsm8k"), "The answer is \\boxed{7}."),
-        # /no_think: right, right but with a think block (not adherent), wrong, gold that does not parse
+        # /no_think: right, right but with a think block (not adherent), rambling until cut off by the token
+        # budget (not adherent: no answer), gold that does not parse
         (_row("What is 2+3?", "5", "no_think", 1), "\\boxed{5}"),
         (_row("What is 20+30?", "50", "no_think", 2), "<think>\n20+30\n</think>\n\\boxed{50}"),
-        (_row("What is 21+30?", "51", "no_think", 2), "\\boxed{15}"),
+        (_row("What is 21+30?", "51", "no_think", 2), "15 15 15 15"),
         (_row("Ann has 3 pens...", "\\frac{", "no_think", 0, "gsm8k"), "\\boxed{7}"),
     ]
     rows, completions = zip(*rows_and_completions)
     num_tokens = [10, 20, 30, 40, 1, 2, 3, 4]
-    truncated = [False, False, True, False, False, False, False, False]
+    truncated = [False, False, True, False, False, False, True, False]
     result = score(completions, rows, num_tokens=num_tokens, truncated=truncated, num_samples=3)
 
     think, no_think = result["modes"]["think"], result["modes"]["no_think"]
     assert think["accuracy"] == 2 / 4 and no_think["accuracy"] == 2 / 3  # the unparseable gold is left out
     assert (think["unscored"], no_think["unscored"]) == (0, 1)
     assert think["mode_adherence"] == 2 / 4  # right and wrong answers adhere; inside-only and no-block do not
-    assert no_think["mode_adherence"] == 3 / 4  # only the think block breaks /no_think
+    assert no_think["mode_adherence"] == 2 / 4  # the think block and the cut-off rambling break /no_think
     assert (think["mean_tokens"], no_think["mean_tokens"]) == (25.0, 2.5)
-    assert (think["truncated"], no_think["truncated"], think["n"], no_think["n"]) == (0.25, 0.0, 4, 4)
+    assert (think["truncated"], no_think["truncated"], think["n"], no_think["n"]) == (0.25, 0.25, 4, 4)
     assert think["by_level"] == {1: {"accuracy": 1.0, "n": 1}, 2: {"accuracy": 0.0, "n": 2}}  # level 0: no level
     assert no_think["by_level"] == {1: {"accuracy": 1.0, "n": 1}, 2: {"accuracy": 0.5, "n": 2}}
     assert result["by_source"]["gsm8k"]["think"]["accuracy"] == 1.0

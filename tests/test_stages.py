@@ -56,8 +56,8 @@ def sft_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
 # ------------------------------------------------------------------------------------------------ recipes
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults apply only where CUDA is absent")
 def test_cpu_defaults_sit_under_the_recipe(tmp_path):
-    assert not torch.cuda.is_available()
     _, training, _ = _parse(sft, _argv(tmp_path, "a"))
     assert training.bf16 is False and training.activation_checkpointing is False
     assert training.assistant_only_loss is True  # the SFT stage default
@@ -78,7 +78,11 @@ def test_smollm3_recipes_parse(name):
         assert training.assistant_only_loss is (name == "sft")
 
 
-def test_qlora_without_bitsandbytes_fails_before_any_work(tmp_path, tiny_model_dir):
+def test_qlora_without_bitsandbytes_fails_before_any_work(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
     argv = _argv(tmp_path, "q", model_name_or_path=str(tiny_model_dir), use_peft=True, load_in_4bit=True)
     with pytest.raises(UserError, match=r"load_in_4bit.*bitsandbytes.*posttrain\[qlora\]"):
         sft.build("sft", *_parse(sft, argv))
@@ -260,6 +264,40 @@ def test_lora_sft_saves_adapter_and_a_merged_model(tmp_path, tiny_model_dir):
     assert changed and all("q_proj" in n or "v_proj" in n for n in changed)  # only the adapted weights moved
 
 
+def test_qlora_sft_trains_4bit_base_adapters_and_saves_a_float_merged_model(tmp_path, tiny_model_dir):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra: pip install -e '.[qlora]'")
+    sft.main(_argv(tmp_path, "qlora", model_name_or_path=str(tiny_model_dir), use_peft=True, load_in_4bit=True,
+                   lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-2))
+    out = tmp_path / "qlora"
+    assert (out / stage.ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)  # a plain float model
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_safetensors=True)
+    changed = {n for (n, a), b in zip(merged.named_parameters(), base.parameters()) if not torch.equal(a, b)}
+    assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
+
+
+def test_lora_trains_the_embedding_rows_of_added_hybrid_tokens(tmp_path, shared_data):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from trl import ModelConfig
+
+    tokenizer_dir = shared_data / "tokenizers" / "smollm2"  # ChatML tokens, no <think>: load_tokenizer adds them
+    config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)), hidden_size=16,
+                         intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    sft.main(_argv(tmp_path, "lora", model_name_or_path=str(tmp_path / "m"), tokenizer_name_or_path=str(tokenizer_dir),
+                   use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],
+                   learning_rate=1e-2, no_think_fraction=0.0))
+    model_args = ModelConfig(model_name_or_path=str(tmp_path / "m"))
+    start = stage.load_model(model_args, *stage.load_tokenizer(model_args, str(tokenizer_dir)))  # mean-of-pieces init
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora", use_safetensors=True)
+    new = AutoTokenizer.from_pretrained(tmp_path / "lora").convert_tokens_to_ids(["<think>", "</think>"])
+    before, after = start.get_input_embeddings().weight, merged.get_input_embeddings().weight
+    assert not torch.allclose(after[new], before[new])  # the added rows trained (every /think row uses them)
+    assert torch.equal(after[: min(new)], before[: min(new)])  # the rest of the vocabulary did not move
+
+
 def test_missing_hybrid_tokens_are_added_with_mean_of_pieces_embeddings(tmp_path, shared_data):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import ModelConfig
@@ -350,3 +388,21 @@ def test_tiny_recipes_run_as_written_and_sft_reaches_mode_adherence(tmp_path, sh
             assert adherence["think"] >= 0.95 and adherence["no_think"] >= 0.95, adherence
     assert record["learning_rate"] == pytest.approx(3e-4)  # dpo: 0.1 x the SFT run's 3e-3
     assert mode_adherence(previous)["no_think"] >= 0.95
+
+
+@pytest.mark.slow
+def test_sft_runs_on_two_ranks_under_accelerate_launch(tmp_path, tiny_model_dir):
+    """`accelerate launch -m posttrain sft` with the shipped DDP config on two CPU (gloo) ranks. `--cpu` with
+    `--num_processes 2` alone silently starts ONE process (../shared/FACTS.md); `--multi_gpu` keeps two."""
+    import subprocess
+    import sys
+
+    argv = _argv(tmp_path, "ddp", model_name_or_path=str(tiny_model_dir), datasets=[{**ROWS[0], "rows": 32}])
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "recipes" / "accelerate" / "ddp.yaml"), "--multi_gpu", "--cpu", "--num_processes", "2",
+               "--mixed_precision", "no", "-m", "posttrain", "sft", *argv]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads((tmp_path / "ddp" / stage.RUN_RECORD).read_text())
+    assert record["world_size"] == 2 and record["global_step"] == 2  # 2 steps of 4 rows on each rank
+    AutoModelForCausalLM.from_pretrained(tmp_path / "ddp", use_safetensors=True)
