@@ -53,6 +53,11 @@ class PipelineArguments:
         metadata={"help": "Evaluation prompt sources (posttrain.data source dicts); each prompt is asked in "
                   "both modes after every stage."},
     )
+    eval_headline_source: str = field(
+        default="arithmetic",
+        metadata={"help": "The eval source whose per-mode figures fill the report's main table (report.json "
+                  "`modes`): the task the pipeline trains on. Every source is also reported on its own."},
+    )
     eval_max_new_tokens: int = field(default=160, metadata={"help": "Generation budget per evaluation answer."})
     eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch in evaluation."})
     from_stage: str = field(default="", metadata={"help": "Redo this stage and all later ones (CLI: --from STAGE)."})
@@ -86,10 +91,14 @@ def _final_loss(stage_dir: Path) -> float | None:
     return losses[-1] if losses else None
 
 
-def _log_metric(stage_dir: Path, key: str) -> tuple[float | None, float | None]:
-    """First and last logged value of a trainer metric (e.g. DPO's rewards/margins)."""
+def _log_metric(stage_dir: Path, key: str, window: int = 5) -> tuple[float | None, float | None]:
+    """Mean of the first and of the last `window` logged values of a trainer metric (e.g. DPO's
+    rewards/margins): one GRPO step scores a handful of prompts, so a single step's value is mostly noise."""
     values = [row[key] for row in _load_json(stage_dir / "log_history.json", []) if key in row]
-    return (values[0], values[-1]) if values else (None, None)
+    if not values:
+        return None, None
+    n = min(window, len(values))
+    return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
 def run(args: PipelineArguments) -> dict:
@@ -107,6 +116,9 @@ def run(args: PipelineArguments) -> dict:
     if args.from_stage and args.from_stage not in order:
         raise UserError(f"--from {args.from_stage!r}: not a stage of this pipeline ({', '.join(order)})")
     eval_prompts = both_modes(load_prompts(args.eval_datasets, no_think_fraction=0.0, seed=0)) if args.eval_datasets else None
+    if eval_prompts is not None and args.eval_headline_source not in set(eval_prompts["source"]):
+        raise UserError(f"pipeline recipe: eval_headline_source {args.eval_headline_source!r} is not a source of "
+                        f"eval_datasets ({', '.join(sorted(set(eval_prompts['source'])))})")
 
     run_dir = Path(args.runs_dir) / args.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,9 +172,11 @@ def run(args: PipelineArguments) -> dict:
         out = outputs[stage]
         result = _load_json(out / "eval.json", {})
         entry = {"wall_s": state[stage]["wall_s"], "final_loss": _final_loss(out), "eval_wall_s": result.get("eval_wall_s")}
-        entry["modes"] = {
-            mode: {k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n", "by_level")}
-            for mode, m in result.get("modes", {}).items()
+        headline = result.get("by_source", {}).get(args.eval_headline_source, {})
+        entry["modes"] = {  # by_level: only the task's prompts have levels
+            mode: {**{k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n")},
+                   "by_level": result["modes"][mode].get("by_level")}
+            for mode, m in headline.items()
         }
         entry["by_source"] = result.get("by_source", {})
         entry["length_drift"] = result.get("length_drift")
@@ -170,8 +184,9 @@ def run(args: PipelineArguments) -> dict:
             entry["reward_margin_first_last"] = _log_metric(out, "rewards/margins")
         if stage == "rlvr":
             entry["accuracy_reward_first_last"] = _log_metric(out, "rewards/accuracy/mean")
+            entry["no_think_length_first_last"] = _log_metric(out, "completions/no_think/mean_length")
         stages_report[stage] = entry
-    summary = {"name": args.name, "stages": stages_report,
+    summary = {"name": args.name, "headline_source": args.eval_headline_source, "stages": stages_report,
                "total_wall_s": round(sum(e["wall_s"] for e in stages_report.values()), 1)}
     (run_dir / "report.json").write_text(json.dumps(summary, indent=2))
     report.write(summary, outputs, run_dir)

@@ -19,6 +19,7 @@ def _markdown(summary: dict) -> str:
     stages = summary["stages"]
     lines = [f"# posttrain pipeline report: {summary['name']}", "",
              f"Total training wall time: {summary['total_wall_s']} s", "",
+             f"Per mode on {summary['headline_source']} (held-out prompts, each asked in both modes):", "",
              "| stage | wall s | final loss | /think acc | /no_think acc | /think adherence | /no_think adherence "
              "| /think tokens | /no_think tokens |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in stages.items():
@@ -44,21 +45,26 @@ def _markdown(summary: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sources = sorted({s for e in stages.values() for s in e.get("by_source", {})})
     if sources:
-        lines += ["", "## Accuracy per source (/think / /no_think)", "",
+        lines += ["", "## Per source: accuracy /think / /no_think (mode adherence /think / /no_think)", "",
                   "| stage | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
         for name, e in stages.items():
             cells = []
             for s in sources:
                 per = e.get("by_source", {}).get(s, {})
-                cells.append(" / ".join(_fmt((per.get(m) or {}).get("accuracy"), True) for m in MODES))
+                acc, adh = (" / ".join(_fmt((per.get(m) or {}).get(k), True) for m in MODES)
+                            for k in ("accuracy", "mode_adherence"))
+                cells.append(f"{acc} ({adh})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     extra = []
     if "dpo" in stages and stages["dpo"].get("reward_margin_first_last", (None, None))[0] is not None:
         first, last = stages["dpo"]["reward_margin_first_last"]
-        extra.append(f"- DPO chosen-vs-rejected reward margin: {first:.3f} (first log) -> {last:.3f} (last log)")
+        extra.append(f"- DPO chosen-vs-rejected reward margin: {first:.3f} (first 5 logs) -> {last:.3f} (last 5 logs)")
     if "rlvr" in stages and stages["rlvr"].get("accuracy_reward_first_last", (None, None))[0] is not None:
         first, last = stages["rlvr"]["accuracy_reward_first_last"]
-        extra.append(f"- RLVR mean accuracy reward: {first:.3f} (first step) -> {last:.3f} (last step)")
+        extra.append(f"- RLVR mean accuracy reward: {first:.3f} (first 5 steps) -> {last:.3f} (last 5 steps)")
+        first, last = stages["rlvr"].get("no_think_length_first_last", (None, None))
+        if first is not None:
+            extra.append(f"- RLVR /no_think completion length: {first:.1f} tokens (first 5 steps) -> {last:.1f} (last 5)")
     if extra:
         lines += ["", "## Training signals", "", *extra]
     lines += ["", "![loss](loss.png)", "", "![accuracy and length](eval.png)", ""]

@@ -40,6 +40,11 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
         assert set(entry["modes"]) == {"think", "no_think"}
         AutoModelForCausalLM.from_pretrained(run / stage)
         AutoTokenizer.from_pretrained(run / stage)
+    # the main table is the task's (20 arithmetic questions per mode); GSM8K is reported on its own
+    assert report["headline_source"] == "arithmetic"
+    assert report["stages"]["sft"]["modes"]["think"]["n"] == 20
+    assert set(report["stages"]["sft"]["by_source"]) == {"arithmetic", "gsm8k"}
+    assert report["stages"]["rlvr"]["accuracy_reward_first_last"][0] is not None
     # 60 SFT steps reliably teach the /no_think format (the empty block is in the prompt: answer directly)
     assert report["stages"]["sft"]["modes"]["no_think"]["mode_adherence"] >= 0.8
     assert (run / "report.md").is_file() and (run / "loss.png").is_file() and (run / "eval.png").is_file()
