@@ -19,7 +19,7 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
         "name": "e2e", "runs_dir": str(tmp_path),
         "stages": {s: f"recipes/tiny/{s}.yaml" for s in ("pretrain", "midtrain", "sft", "dpo", "rlvr")},
         "stage_overrides": {
-            "pretrain": {"max_steps": 30, "save_steps": 10, "warmup_steps": 3},
+            "pretrain": {"max_steps": 120, "save_steps": 40, "warmup_steps": 10},  # into the task stage
             "midtrain": {"max_steps": 10}, "sft": {"max_steps": 60}, "dpo": {"max_steps": 3}, "rlvr": {"max_steps": 1},
         },
         "merge": {"models": ["rlvr", "midtrain"], "weights": [0.5, 0.5]},
@@ -45,8 +45,11 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
     assert report["stages"]["sft"]["modes"]["think"]["n"] == 20
     assert set(report["stages"]["sft"]["by_source"]) == {"arithmetic", "gsm8k"}
     assert report["stages"]["rlvr"]["accuracy_reward_first_last"][0] is not None
-    # 60 SFT steps reliably teach the /no_think format (the empty block is in the prompt: answer directly)
-    assert report["stages"]["sft"]["modes"]["no_think"]["mode_adherence"] >= 0.8
+    # the /no_think format is a floor this budget reliably reaches (measured: 100% after 40 and after 60 SFT steps
+    # on 120 pretraining steps; 0-35% on 30 pretraining steps, which never reach the task stage)
+    sft_modes = report["stages"]["sft"]["modes"]
+    assert sft_modes["no_think"]["mode_adherence"] >= 0.8
+    assert sft_modes["no_think"]["mean_tokens"] < sft_modes["think"]["mean_tokens"]
     assert (run / "report.md").is_file() and (run / "loss.png").is_file() and (run / "eval.png").is_file()
 
     # re-run: every finished stage is skipped; --from redoes one stage and those after it

@@ -337,14 +337,15 @@ def test_smollm3_recipe_builds_the_3b_model_on_the_meta_device(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_recipe_pretrains_with_one_command(tmp_path):
-    """The recipe as shipped (~2.5 minutes): one command, the loss falls clearly, the checkpoint loads, and
-    the rendered system block is short with the recipe's tokenizer."""
+    """The shipped recipe cut to its first 120 of 635 steps (~30 s; the full run is the main job's first stage):
+    one command, both curriculum stages, the loss falls clearly, the checkpoint loads, and the rendered system
+    block is short with the recipe's tokenizer."""
     out = tmp_path / "pretrain"
     cmd = [sys.executable, "-m", "pretrain.cli", "train", "--config", "recipes/tiny/pretrain.yaml"]
-    subprocess.run([*cmd, "--output_dir", str(out)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([*cmd, "--output_dir", str(out), "--max_steps", "120"], cwd=ROOT, check=True, capture_output=True)
     history = json.loads((out / "log_history.json").read_text())
-    assert history[-1]["step"] == 245 and {h["stage"] for h in history} == {"web", "task"}
-    assert history[0]["loss"] > 6.0 and history[-1]["loss"] < 3.0
+    assert history[-1]["step"] == 120 and {h["stage"] for h in history} == {"web", "task"}
+    assert history[0]["loss"] > 6.0 and history[-1]["loss"] < 2.0  # measured: 6.81 -> 1.28
     tok = AutoTokenizer.from_pretrained(out)
     AutoModelForCausalLM.from_pretrained(out)
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12+30?"}], tokenize=False,

@@ -326,16 +326,19 @@ def test_missing_hybrid_tokens_are_added_with_mean_of_pieces_embeddings(tmp_path
 
 @pytest.mark.slow
 def test_sft_runs_on_two_ranks_under_accelerate_launch(tmp_path, tiny_model_dir):
-    """`accelerate launch -m posttrain sft` with the shipped DDP config on two CPU (gloo) ranks. `--cpu` with
-    `--num_processes 2` alone silently starts ONE process (../shared/FACTS.md); `--multi_gpu` keeps two."""
+    """`accelerate launch -m posttrain sft` with the shipped DDP config on two CPU (gloo) ranks. `--cpu` would pick
+    accelerate's single-process launcher (../shared/FACTS.md), and the multi-process one does not pass the
+    config's `use_cpu` on, so CPU ranks need ACCELERATE_USE_CPU (else each rank trains alone, world size 1)."""
+    import os
     import subprocess
     import sys
 
     argv = _argv(tmp_path, "ddp", model_name_or_path=str(tiny_model_dir), datasets=[{**ROWS[0], "rows": 32}])
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate" / "ddp.yaml"), "--multi_gpu", "--cpu", "--num_processes", "2",
-               "--mixed_precision", "no", "-m", "posttrain", "sft", *argv]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+               str(ROOT / "recipes" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+               "-m", "posttrain", "sft", *argv]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ACCELERATE_USE_CPU": "true"})
     assert run.returncode == 0, run.stderr[-3000:]
     record = json.loads((tmp_path / "ddp" / stage.RUN_RECORD).read_text())
     assert record["world_size"] == 2 and record["global_step"] == 2  # 2 steps of 4 rows on each rank
