@@ -66,8 +66,9 @@ class PipelineArguments:
 def _stage_command(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
     if stage == "pretrain":
         cmd = [sys.executable, "-m", "pretrain.cli", "train", "--config", recipe]
-    else:
-        cmd = [sys.executable, "-m", "posttrain", stage, "--config", recipe, "--model_name_or_path", model]
+    else:  # the previous stage's output; a pipeline's first stage keeps its recipe's model_name_or_path
+        cmd = [sys.executable, "-m", "posttrain", stage, "--config", recipe]
+        cmd += ["--model_name_or_path", model] if model else []
     cmd += ["--output_dir", str(output_dir)]
     for key, value in overrides.items():
         cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
@@ -183,7 +184,8 @@ def run(args: PipelineArguments) -> dict:
         if stage == "dpo":
             entry["reward_margin_first_last"] = _log_metric(out, "rewards/margins")
         if stage == "rlvr":
-            entry["accuracy_reward_first_last"] = _log_metric(out, "rewards/accuracy/mean")
+            # per mode: the all-rows mean swings with each batch's share of /think prompts (/no_think ones score ~0)
+            entry["think_accuracy_reward_first_last"] = _log_metric(out, "rewards/accuracy/think")
             entry["no_think_length_first_last"] = _log_metric(out, "completions/no_think/mean_length")
         stages_report[stage] = entry
     summary = {"name": args.name, "headline_source": args.eval_headline_source, "stages": stages_report,

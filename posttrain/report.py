@@ -59,9 +59,9 @@ def _markdown(summary: dict) -> str:
     if "dpo" in stages and stages["dpo"].get("reward_margin_first_last", (None, None))[0] is not None:
         first, last = stages["dpo"]["reward_margin_first_last"]
         extra.append(f"- DPO chosen-vs-rejected reward margin: {first:.3f} (first 5 logs) -> {last:.3f} (last 5 logs)")
-    if "rlvr" in stages and stages["rlvr"].get("accuracy_reward_first_last", (None, None))[0] is not None:
-        first, last = stages["rlvr"]["accuracy_reward_first_last"]
-        extra.append(f"- RLVR mean accuracy reward: {first:.3f} (first 5 steps) -> {last:.3f} (last 5 steps)")
+    if "rlvr" in stages and stages["rlvr"].get("think_accuracy_reward_first_last", (None, None))[0] is not None:
+        first, last = stages["rlvr"]["think_accuracy_reward_first_last"]
+        extra.append(f"- RLVR accuracy reward on /think prompts: {first:.3f} (first 5 steps) -> {last:.3f} (last 5 steps)")
         first, last = stages["rlvr"].get("no_think_length_first_last", (None, None))
         if first is not None:
             extra.append(f"- RLVR /no_think completion length: {first:.1f} tokens (first 5 steps) -> {last:.1f} (last 5)")

@@ -44,7 +44,7 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
     assert report["headline_source"] == "arithmetic"
     assert report["stages"]["sft"]["modes"]["think"]["n"] == 20
     assert set(report["stages"]["sft"]["by_source"]) == {"arithmetic", "gsm8k"}
-    assert report["stages"]["rlvr"]["accuracy_reward_first_last"][0] is not None
+    assert report["stages"]["rlvr"]["think_accuracy_reward_first_last"][0] is not None
     # the /no_think format is a floor this budget reliably reaches (measured: 100% after 40 and after 60 SFT steps
     # on 120 pretraining steps; 0-35% on 30 pretraining steps, which never reach the task stage)
     sft_modes = report["stages"]["sft"]["modes"]
@@ -57,3 +57,14 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
     assert out.count("done in an earlier run, skipped") == 6
     out = subprocess.run(cmd + ["--from", "merge"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     assert out.count("skipped") == 5 and "[pipeline] merge: -m posttrain merge" in out
+
+
+def test_a_pipeline_without_pretrain_starts_from_its_first_recipes_model(tmp_path):
+    """Post-training only (stages from midtrain on): the first stage keeps its recipe's model_name_or_path, each
+    later one gets the previous stage's output."""
+    from posttrain.pipeline import _stage_command
+
+    first = _stage_command("midtrain", "recipes/tiny/midtrain.yaml", None, tmp_path / "midtrain", {"max_steps": 2})
+    assert "--model_name_or_path" not in first and first[-2:] == ["--max_steps", "2"]
+    later = _stage_command("sft", "recipes/tiny/sft.yaml", str(tmp_path / "midtrain"), tmp_path / "sft", {})
+    assert later[later.index("--model_name_or_path") + 1] == str(tmp_path / "midtrain")
