@@ -337,7 +337,7 @@ def test_smollm3_recipe_builds_the_3b_model_on_the_meta_device(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_recipe_pretrains_with_one_command(tmp_path):
-    """The shipped recipe cut to its first 120 of 928 steps (~30 s; the full run is the main job's first stage):
+    """The shipped recipe cut to its first 120 of 928 steps (~50 s; the full run is the main job's first stage):
     one command, both curriculum stages, the loss falls clearly, the checkpoint loads, and the rendered system
     block is short with the recipe's tokenizer."""
     out = tmp_path / "pretrain"
