@@ -2,8 +2,9 @@
 
 TRL's DPOTrainer does the work; its `loss_type` picks the objective: `sigmoid` (DPO), `apo_zero` (APO when the
 chosen answers are better than the policy's own: push chosen up, rejected down) or `apo_down` (when they are
-not: push both down, rejected more). Each pair's `chat_template_kwargs` renders it in its mode. What this stage
-adds:
+not: push both down, rejected more); a list such as `[apo_zero, sft]` adds the chosen answer's NLL (RPO), which
+keeps a small model's accuracy where APO alone lowered it (recipes/tiny/dpo.yaml). Each pair's
+`chat_template_kwargs` renders it in its mode. What this stage adds:
 - the learning rate: SmolLM3's APO ran at about a tenth of its SFT learning rate. A recipe that does not set
   `learning_rate` gets `sft_learning_rate_ratio` (0.1) x the SFT run's rate, read from the `posttrain_run.json`
   of the checkpoint it starts from, or from the SFT recipe named by `sft_recipe`; the value and its origin are
