@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHAKESPEARE = "../shared/data/text/tinyshakespeare.txt"
 RECIPE = "recipes/tiny/pretrain.yaml"  # its rows (seq_len x micro_batch_size) are the loader's too
 
 
@@ -39,6 +38,7 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     from posttrain.config import parse_recipe
+    from pretrain.corpus import web_documents
     from pretrain.data import Curriculum, DataConfig, PackedLoader, Source, Stage, open_sources, tokenize
     from pretrain.tokenizer import train_bpe
     from pretrain.train import TrainConfig, train
@@ -56,8 +56,9 @@ def main() -> None:
              "--warmup_steps", "2", "--save_steps", "0", "--logging_steps", str(args.train_steps)],
         )
         seq_len, micro = data.seq_len, cfg.micro_batch_size
-        tokenizer = train_bpe([SHAKESPEARE], 1024, tmp / "tokenizer")
-        source = Source("web", "text", SHAKESPEARE, separator="\n\n")
+        web = {"n": 3000, "seed": 0}  # the tiny recipe's generated web text (~1 MB)
+        tokenizer = train_bpe([], 1024, tmp / "tokenizer", texts=web_documents(**web))
+        source = Source("web", "generator", callable="pretrain.corpus:web_documents", kwargs=web)
         tokenize([source], tokenizer, tmp / "tokens", np.dtype("uint16"), log=lambda *_: None)
         files = open_sources(tmp / "tokens", [source], seq_len)
         curriculum = Curriculum([Stage("s", 10**15, {"web": 1.0})], ["web"], seq_len * micro)

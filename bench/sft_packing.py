@@ -10,8 +10,8 @@
    in alternating rounds and each side's fastest round is compared, so load from other processes on a shared
    machine inflates neither. The ratio should be ~1: the layer adds no per-step work.
 
-Without --model a random-init `tiny` model with a 1,024-token BPE (Shakespeare + task documents) is built in a
-temporary directory. The last line printed is one JSON object with every figure.
+Without --model a random-init `tiny` model with a 1,024-token BPE (generated web text + task documents) is built
+in a temporary directory. The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ class StepTimer(TrainerCallback):
 
 def tiny_model(directory: Path) -> Path:
     from posttrain import task
+    from pretrain.corpus import web_documents
     from pretrain.presets import model_config
     from pretrain.tokenizer import train_bpe
 
-    tok = train_bpe([ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"], 1024, directory,
-                    texts=task.pretraining_documents(3000))
+    tok = train_bpe([], 1024, directory, texts=web_documents(3000) + task.pretraining_documents(3000))
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(model_config("tiny", tokenizer=tok)).save_pretrained(directory)
     return directory

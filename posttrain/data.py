@@ -1,10 +1,15 @@
-"""Datasets for every stage (issue #4): adapters from the recipe's `datasets` sources to `datasets.Dataset`s in
-TRL's conversational formats, with every user row validated before a trainer starts.
+"""Datasets for every stage: adapters from the recipe's `datasets` sources to `datasets.Dataset`s in TRL's
+conversational formats, with every user row validated before a trainer starts.
 
 A recipe's `datasets` is a list of sources, each a mapping:
   name    arithmetic | gsm8k | gsm8k_pairs | math500 | messages | preferences | prompts
-  path    a jsonl file (gsm8k, gsm8k_pairs and math500 default to ../shared/data/..., relative to the CWD)
-  split   train | validation | test (arithmetic; gsm8k: train | test), default train
+  path    where the rows are, named as their users name them: a Hub dataset id (`openai/gsm8k`), a local
+          jsonl / parquet / csv file, or a local dataset folder (a clone of the Hub repository, or what
+          `save_to_disk` wrote). Relative paths start at the current directory. gsm8k defaults to
+          `openai/gsm8k` (config main) and math500 to `HuggingFaceH4/MATH-500`; arithmetic is generated here.
+  split   a dataset split (Hub ids and folders; arithmetic: train | validation | test), default train
+          (math500: test). A single file is one split.
+  config  a Hub dataset's configuration (subset), where it has several
   rows    cap on rows read (arithmetic: how many problems to generate, required)
   weight  the source's share of the mixture (give it on every source or none)
   levels  arithmetic levels, default [1, 2, 3]
@@ -24,11 +29,15 @@ answer that thinks on purpose: the template ignores `reasoning_content` in /no_t
 sits in the content.
 
 Why jsonl is parsed here and not with `load_dataset("json")`: errors must name the 1-based line and the
-field, and Arrow's schema inference fails on mixed types with messages that name neither.
+field, and Arrow's schema inference fails on mixed types with messages that name neither. Everything else goes
+through `datasets`. A Hub dataset is downloaded once and read from the cache after; offline (HF_HUB_OFFLINE=1,
+or no network: then the Hub client retries for ~25 s first) an uncached one raises SourceUnavailable, which
+stops a training stage before any work and makes evaluation skip that source with a line in its report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -54,14 +63,21 @@ class DataError(UserError):
 
 ROLES = ("system", "user", "assistant", "tool")
 MODES = task.MODES
-SHARED = "../shared/data"
-DEFAULT_PATHS = {
-    ("gsm8k", "train"): f"{SHARED}/gsm8k/train.jsonl",
-    ("gsm8k", "test"): f"{SHARED}/gsm8k/test.jsonl",
-    ("gsm8k_pairs", None): f"{SHARED}/gsm8k/example_model_solutions.jsonl",
-    ("math500", None): f"{SHARED}/math/math500_test.jsonl",
+# Named real datasets and where they live on the Hugging Face Hub: (dataset id, config, default split).
+HUB_DEFAULTS = {
+    "gsm8k": ("openai/gsm8k", "main", "train"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
 }
-USER_FILES = ("messages", "preferences", "prompts")  # names whose `path` is required
+NEEDS_PATH = ("gsm8k_pairs", "messages", "preferences", "prompts")  # names with no default dataset
+SOURCE_NAMES = {  # the source names each loader reads: load_conversations, load_preferences, load_prompts
+    "conversations": ("arithmetic", "gsm8k", "messages"),
+    "preferences": ("arithmetic", "gsm8k_pairs", "preferences"),
+    "prompts": ("arithmetic", "gsm8k", "math500", "prompts"),
+}
+JSONL_SUFFIXES = (".jsonl", ".json")
+# Other local files go through `datasets`' builder for their format.
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 TURN = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
 MESSAGE = {"role": Value("string"), "content": Value("string")}
@@ -79,18 +95,46 @@ PROMPT = Features(
 )
 
 
+class SourceUnavailable(DataError):
+    """A Hub dataset that cannot be reached or found (offline and not cached, or no such id). Training stops on
+    it; evaluation skips the source and says so."""
+
+
 # ---------------------------------------------------------------------------------------------- sources
 
 
 @dataclass(frozen=True)
 class Source:
     name: str
-    path: str | None = None
-    split: str = "train"
+    path: str | None = None  # a jsonl/parquet/csv file, a dataset folder, or a Hub dataset id
+    split: str | None = None
+    config: str | None = None  # the Hub dataset's configuration (subset), e.g. gsm8k's "main"
     rows: int | None = None
     weight: float | None = None
     levels: tuple[int, ...] = (1, 2, 3)
     seed: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """generated | jsonl | file (parquet, csv, arrow) | folder | hub: a path that is not here and reads as
+        `owner/name` is a Hub dataset id."""
+        if self.path is None:
+            return "generated"
+        path = Path(self.path).expanduser()
+        if path.is_dir():
+            return "folder"
+        if path.suffix in FILE_BUILDERS:
+            return "file"
+        if path.exists() or path.suffix in JSONL_SUFFIXES or not HUB_ID.fullmatch(self.path):
+            return "jsonl"
+        return "hub"
+
+    @property
+    def label(self) -> str:
+        """How messages name the source: its path (with config and split where a dataset has them) or name."""
+        if self.kind in ("hub", "folder"):
+            return f"{self.path} ({'/'.join(x for x in (self.config, self.split) if x)})"
+        return self.path or self.name
 
 
 def parse_sources(sources, allowed: Iterable[str]) -> list[Source]:
@@ -116,31 +160,116 @@ def parse_sources(sources, allowed: Iterable[str]) -> list[Source]:
                 raise DataError(f"{at}.{key}: must be {what}, got {spec[key]!r}")
 
         is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        check("path", lambda v: isinstance(v, str) and v, "a file path")
-        check("split", lambda v: v in task.SPLITS, " | ".join(task.SPLITS))
+        is_text = lambda v: isinstance(v, str) and bool(v.strip())  # noqa: E731
+        check("path", is_text, "a file path, a dataset folder or a Hub dataset id")
+        check("split", is_text if name != "arithmetic" else lambda v: v in task.SPLITS,
+              "a split name" if name != "arithmetic" else " | ".join(task.SPLITS))
+        check("config", is_text, "a dataset configuration name")
         check("rows", lambda v: is_int(v) and v > 0, "a positive integer")
         check("weight", lambda v: (is_int(v) or isinstance(v, float)) and v > 0, "a positive number")
         check("levels", lambda v: isinstance(v, list) and v and all(is_int(x) and 1 <= x <= task.MAX_LEVEL for x in v),
               f"a list of levels (1..{task.MAX_LEVEL})")
         check("seed", is_int, "an integer")
-        for key, applies in (("levels", ("arithmetic",)), ("split", ("arithmetic", "gsm8k"))):
-            if key in spec and name not in applies:
-                raise DataError(f"{at}.{key}: applies to {' and '.join(applies)} only, not {name}")
-        if name == "arithmetic" and "rows" not in spec:
-            raise DataError(f"{at}.rows: arithmetic needs rows (how many problems to generate)")
-        source = Source(**{**spec, "levels": tuple(spec.get("levels", Source.levels))})
-        if source.path is None:
-            key = (name, source.split if name == "gsm8k" else None)
-            if name in USER_FILES:
-                raise DataError(f"{at}.path: {name} needs a path to a jsonl file")
-            if name == "gsm8k" and key not in DEFAULT_PATHS:
-                raise DataError(f"{at}.split: gsm8k has train and test files; give a path for {source.split!r}")
-            source = replace(source, path=DEFAULT_PATHS.get(key))
+        if name == "arithmetic":
+            for key in ("path", "config"):
+                if key in spec:
+                    raise DataError(f"{at}.{key}: arithmetic problems are generated; it takes no {key}")
+            if "rows" not in spec:
+                raise DataError(f"{at}.rows: arithmetic needs rows (how many problems to generate)")
+        elif "levels" in spec:
+            raise DataError(f"{at}.levels: applies to arithmetic only, not {name}")
+        if "path" not in spec and name in NEEDS_PATH:
+            raise DataError(f"{at}.path: {name} needs a path (a jsonl file, a dataset folder or a Hub dataset id)")
+        hub_id, config, split = HUB_DEFAULTS.get(name, (None, None, "train"))
+        source = Source(**{"path": hub_id, **spec, "levels": tuple(spec.get("levels", Source.levels))})
+        if source.kind in ("jsonl", "file"):
+            for key in ("split", "config"):
+                if key in spec:
+                    raise DataError(f"{at}.{key}: {source.path} is one file, with no {key}s (they apply to dataset "
+                                    "folders and Hub ids)")
+        else:  # a generated, folder or Hub source: its split (and the named dataset's config) by default
+            source = replace(source, split=source.split or split, config=source.config or config)
         parsed.append(source)
     weighted = [s.weight is not None for s in parsed]
     if any(weighted) and not all(weighted):
         raise DataError(f"recipe key datasets[{weighted.index(False)}].weight: give a weight on every source or none")
     return parsed
+
+
+def read_rows(source: Source) -> Iterator[tuple[str, dict]]:
+    """(where, row) for the first `rows` rows of a file-backed source; `where` names the file (or dataset and
+    split) and the 1-based row. jsonl is parsed here (see the module docstring); everything else is loaded with
+    `datasets` (a Hub id is downloaded once and read from the cache after, also offline)."""
+    if source.kind == "jsonl":
+        yield from read_jsonl(source.path, source.rows)
+        return
+    dataset = load_source_dataset(source)
+    for i, row in enumerate(dataset.select(range(min(source.rows or len(dataset), len(dataset))))):
+        yield f"{source.label}: row {i + 1}", row
+
+
+def load_source_dataset(source: Source) -> Dataset:
+    """The `datasets.Dataset` behind a file, folder or Hub source (see `_loading` for the errors)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    path = source.path if source.kind == "hub" else str(Path(source.path).expanduser())
+    with _loading(source):
+        if source.kind == "file":
+            return load_dataset(FILE_BUILDERS[Path(path).suffix], data_files=path, split="train")
+        if source.kind == "folder" and any((Path(path) / f).is_file() for f in ("state.json", "dataset_dict.json")):
+            saved = load_from_disk(path)  # written by Dataset(Dict).save_to_disk
+            return saved[source.split] if isinstance(saved, DatasetDict) else saved
+        return load_dataset(path, source.config, split=source.split)
+
+
+@contextlib.contextmanager
+def _loading(source: Source):
+    """`datasets` errors as one line naming the source: a Hub dataset that cannot be reached (offline and not
+    cached) or found is SourceUnavailable; a config or split the dataset lacks, or an unreadable file, DataError."""
+    try:
+        yield
+    except ConnectionError as e:
+        raise SourceUnavailable(f"{source.label}: cannot be loaded from the Hugging Face Hub ({_first_line(e)}); "
+                                "run once online to cache it, or point 'path' at a local copy") from None
+    except FileNotFoundError as e:  # datasets' DatasetNotFoundError: no such id (or a private one)
+        raise SourceUnavailable(f"{source.label}: no such local path or Hub dataset ({_first_line(e)})") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise DataError(f"{source.label}: cannot load ({_first_line(e)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_available(sources, allowed: Iterable[str]) -> list[Source]:
+    """Parse `sources` and check, without reading their rows, that each can be loaded: local files and folders
+    exist, Hub datasets resolve (cached or reachable). Raises SourceUnavailable / DataError naming the first
+    that cannot; returns the parsed sources. The pipeline runs it on every stage before the first one starts."""
+    from datasets import load_dataset_builder
+
+    parsed = parse_sources(sources, allowed)
+    for source in parsed:
+        if source.kind == "hub":
+            with _loading(source):
+                load_dataset_builder(source.path, source.config)
+        elif source.kind in ("jsonl", "file") and not Path(source.path).expanduser().is_file():
+            raise DataError(f"{source.path}: data file not found (relative paths start at {Path.cwd()})")
+    return parsed
+
+
+def loadable(sources, allowed: Iterable[str]) -> tuple[list[dict], list[str]]:
+    """The recipe's source specs split into those that can be loaded and one line per source that cannot
+    (SourceUnavailable: a Hub dataset offline and not cached). For evaluation, which goes on without them; any
+    other bad source still raises."""
+    parse_sources(sources, allowed)
+    kept, skipped = [], []
+    for spec in sources:
+        try:
+            check_available([spec], allowed)
+            kept.append(spec)
+        except SourceUnavailable as e:
+            skipped.append(str(e))
+    return kept, skipped
 
 
 def read_jsonl(path: str, rows: int | None = None) -> Iterator[tuple[str, dict]]:
@@ -317,7 +446,7 @@ def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: in
     for source in parse_sources(sources, adapters):
         ds = Dataset.from_list(list(adapters[source.name](source)), features=features)
         if not len(ds):
-            raise DataError(f"{source.path or source.name}: no rows")
+            raise DataError(f"{source.label}: no rows")
         parts.append((source, ds))
     if parts[0][0].weight is None:
         return concatenate_datasets([ds for _, ds in parts])
@@ -368,7 +497,7 @@ def _clean_solution(text: str) -> str:
 
 def _gsm8k_rows(source: Source) -> Iterator[tuple[str, str, str, str]]:
     """(where, question, cleaned solution, answer) for GSM8K rows."""
-    for where, row in read_jsonl(source.path, source.rows):
+    for where, row in read_rows(source):
         question, solution = _string(row, where, "question"), _string(row, where, "answer")
         answer = _final_number(solution, "####")
         if answer is None:
@@ -389,7 +518,7 @@ def _gsm8k_conversations(source: Source) -> Iterator[dict]:
 
 
 def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dict]:
-    for where, row in read_jsonl(source.path, source.rows):
+    for where, row in read_rows(source):
         if "messages" not in row:
             raise DataError(f"{where}: field 'messages': missing")
         turns = parse_messages(row["messages"], where)
@@ -420,7 +549,7 @@ def _gsm8k_pairs(source: Source) -> Iterator[dict]:
     """GSM8K model solutions (`example_model_solutions.jsonl`): each right solution against each wrong one
     of the same question, when both end in an `A: N` line with different answers. These are TEST questions:
     never evaluate on GSM8K test after training on them."""
-    for where, row in read_jsonl(source.path, source.rows):
+    for where, row in read_rows(source):
         question = _string(row, where, "question")
         right, wrong = [], []
         for key, value in row.items():
@@ -465,7 +594,7 @@ def _prompt_field(row: dict, where: str, reserved_system: bool = False) -> list[
 def _user_pairs(source: Source) -> Iterator[dict]:
     """User pairs keep their mode: `mode` if given, else /think when the chosen answer reasons. They are
     not re-derived, since a pair's point usually lies in its reasoning."""
-    for where, row in read_jsonl(source.path, source.rows):
+    for where, row in read_rows(source):
         prompt = _prompt_field(row, where)
         chosen, rejected = _completion_field(row, where, "chosen"), _completion_field(row, where, "rejected")
         if chosen == rejected:
@@ -497,14 +626,14 @@ def _gsm8k_prompts(source: Source) -> Iterator[dict]:
 
 
 def _math500_prompts(source: Source) -> Iterator[dict]:
-    for where, row in read_jsonl(source.path, source.rows):
+    for where, row in read_rows(source):
         yield _prompt_row(where, _string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
 
 
 def _user_prompts(source: Source) -> Iterator[dict]:
     """User prompts: `prompt` (a string or user/assistant/tool messages), `answer`, optional `mode`;
     the file's stem is the `source` label."""
-    for where, row in read_jsonl(source.path, source.rows):
+    for where, row in read_rows(source):
         prompt = [{"role": t["role"], "content": t["content"]} for t in _prompt_field(row, where, reserved_system=True)]
         yield _prompt_row(where, prompt, _string(row, where, "answer"), 0, Path(source.path).stem, _mode(row, where))
 
@@ -592,7 +721,7 @@ def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "d
     `chat_template_kwargs`; preference rows: prompt+chosen and prompt+rejected; prompt rows: the prompt
     with the generation prompt). policy "drop": drop them and log the count per mode loudly; "error": raise
     naming the first. Why: TRL truncates such rows and silently drops those whose assistant span is cut
-    away entirely (FACTS.md) -- which once removed every /think row of a run.
+    away entirely -- which once removed every /think row of a run (a long system text on a tiny vocabulary).
     Returns (dataset, rows dropped per mode)."""
     if policy not in ("drop", "error"):
         raise DataError(f"recipe key 'overlong_policy': must be drop or error, got {policy!r}")

@@ -94,6 +94,19 @@ def both_modes(prompts: Dataset) -> Dataset:
     return prompts.map(expand, batched=True)
 
 
+def load_eval_prompts(sources, seed: int) -> tuple[Dataset, list[str]]:
+    """Every question of the sources that can be loaded, in both modes, and one line per source that cannot (a Hub
+    dataset offline and not cached): evaluation goes on without it, and the log and the report say so."""
+    from posttrain import data
+
+    kept, skipped = data.loadable(sources, data.SOURCE_NAMES["prompts"])
+    for line in skipped:
+        logger.warning("SKIPPED evaluation source %s", line)
+    if not kept:
+        raise UserError(f"no evaluation source can be loaded: {'; '.join(skipped)}")
+    return both_modes(data.load_prompts(kept, no_think_fraction=0.0, seed=seed)), skipped
+
+
 # --------------------------------------------------------------------------------------------- generation
 
 def _check_checkpoint(model_path: str | Path) -> Path:
@@ -355,7 +368,8 @@ def to_markdown(result: dict) -> str:
     for source, per_mode in result["by_source"].items():
         cells = [per_mode.get(m, {}) for m in modes]
         lines.append(f"| {source} | " + " | ".join(f"{_pct(c.get('accuracy'))} ({c.get('n', 0)})" for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    lines += ["", *(f"Skipped: {line}" for line in result.get("skipped_sources", []))]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv):
@@ -363,16 +377,15 @@ def main(argv):
     if any(a in ("-h", "--help") for a in argv):
         print(recipe_help([EvalArguments], "posttrain eval"))
         return 0
-    from posttrain.data import load_prompts
-
     (args,) = parse_recipe([EvalArguments], argv)
     _check_checkpoint(args.model_name_or_path)
     baseline = load_baseline(args.baseline) if args.baseline else None
     if args.length_drift_warn <= 1:
         raise UserError(f"recipe key 'length_drift_warn': must be > 1, got {args.length_drift_warn}")
-    prompts = both_modes(load_prompts(args.datasets, no_think_fraction=0.0, seed=args.seed))
+    prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed)
     result = evaluate(args.model_name_or_path, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples)
+    result["skipped_sources"] = skipped
     if baseline is not None:
         result["length_drift"] = length_drift(result, baseline, args.length_drift_warn)
         result["baseline"] = args.baseline

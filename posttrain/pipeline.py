@@ -21,10 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.config import parse_recipe, recipe_help
+from posttrain.config import load_yaml, parse_recipe, recipe_help
 from posttrain.errors import UserError
 
 STAGE_ORDER = ("pretrain", "midtrain", "sft", "dpo", "rlvr", "merge")
+# The kind of rows each post-training stage reads (a key of `posttrain.data.SOURCE_NAMES`).
+STAGE_ROWS = {"midtrain": "conversations", "sft": "conversations", "dpo": "preferences", "rlvr": "prompts"}
 
 
 @dataclass
@@ -102,10 +104,23 @@ def _log_metric(stage_dir: Path, key: str, window: int = 5) -> tuple[float | Non
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
+def check_training_sources(args: PipelineArguments) -> None:
+    """Every post-training stage's `datasets` (its recipe under its overrides) can be loaded: a missing file or
+    an unreachable Hub dataset stops the pipeline here, not after the stages before it have run for minutes."""
+    from posttrain import data
+
+    for stage, recipe in args.stages.items():
+        if stage in STAGE_ROWS:
+            sources = {**load_yaml(recipe), **args.stage_overrides.get(stage, {})}.get("datasets")
+            try:
+                data.check_available(sources, data.SOURCE_NAMES[STAGE_ROWS[stage]])
+            except UserError as e:
+                raise UserError(f"stage {stage} ({recipe}): {e}") from None
+
+
 def run(args: PipelineArguments) -> dict:
     from posttrain import report
-    from posttrain.data import load_prompts
-    from posttrain.evaluate import both_modes, evaluate, length_drift, load_baseline
+    from posttrain.evaluate import evaluate, length_drift, load_baseline, load_eval_prompts
 
     unknown = [s for s in args.stages if s not in STAGE_ORDER[:-1]]
     if unknown:
@@ -116,7 +131,8 @@ def run(args: PipelineArguments) -> dict:
     order = [s for s in STAGE_ORDER if s in args.stages or (s == "merge" and args.merge)]
     if args.from_stage and args.from_stage not in order:
         raise UserError(f"--from {args.from_stage!r}: not a stage of this pipeline ({', '.join(order)})")
-    eval_prompts = both_modes(load_prompts(args.eval_datasets, no_think_fraction=0.0, seed=0)) if args.eval_datasets else None
+    check_training_sources(args)
+    eval_prompts, skipped_eval = load_eval_prompts(args.eval_datasets, seed=0) if args.eval_datasets else (None, [])
     if eval_prompts is not None and args.eval_headline_source not in set(eval_prompts["source"]):
         raise UserError(f"pipeline recipe: eval_headline_source {args.eval_headline_source!r} is not a source of "
                         f"eval_datasets ({', '.join(sorted(set(eval_prompts['source'])))})")
@@ -189,7 +205,8 @@ def run(args: PipelineArguments) -> dict:
             entry["no_think_length_first_last"] = _log_metric(out, "completions/no_think/mean_length")
         stages_report[stage] = entry
     summary = {"name": args.name, "headline_source": args.eval_headline_source, "stages": stages_report,
-               "total_wall_s": round(sum(e["wall_s"] for e in stages_report.values()), 1)}
+               "total_wall_s": round(sum(e["wall_s"] for e in stages_report.values()), 1),
+               "skipped_eval_sources": skipped_eval}
     (run_dir / "report.json").write_text(json.dumps(summary, indent=2))
     report.write(summary, outputs, run_dir)
     print(f"[pipeline] report: {run_dir / 'report.md'}", flush=True)

@@ -17,8 +17,9 @@ def _fmt(value, pct=False) -> str:
 
 def _markdown(summary: dict) -> str:
     stages = summary["stages"]
+    skipped = [f"Skipped evaluation source: {line}" for line in summary.get("skipped_eval_sources", [])]
     lines = [f"# posttrain pipeline report: {summary['name']}", "",
-             f"Total training wall time: {summary['total_wall_s']} s", "",
+             f"Total training wall time: {summary['total_wall_s']} s", "", *skipped, *([""] if skipped else []),
              f"Per mode on {summary['headline_source']} (held-out prompts, each asked in both modes):", "",
              "| stage | wall s | final loss | /think acc | /no_think acc | /think adherence | /no_think adherence "
              "| /think tokens | /no_think tokens |", "|---|---|---|---|---|---|---|---|---|"]

@@ -7,7 +7,7 @@ assistant turns (and their `<|im_end|>`) only. What this stage adds:
   `no_think_fraction`;
 - no silent drops: rows longer than `max_length` are dropped (or refused) *before* TRL sees them and counted per
   mode; the run fails if a mode the mixture asks for has no rows left, and fails if TRL drops any row itself
-  (FACTS.md: truncation once removed every /think row without a word);
+  (truncation once removed every /think row of a run without a word: 0% /think adherence);
 - the checkpoint discipline of `posttrain.stage` (atomic output dir, run record).
 
 `posttrain midtrain` is this stage with other defaults (packing, loss on the whole sequence): see midtrain.py.

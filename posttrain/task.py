@@ -1,11 +1,11 @@
 """The arithmetic task: verifiable addition and subtraction problems that a ~1M-parameter model learns on
-2 CPU cores, and where a reasoning trace is what makes them learnable (issue #6).
+2 CPU cores, and where a reasoning trace is what makes them learnable.
 
-Why this shape (FACTS.md, "The tiny task"; Lee et al. 2023): from random init a tiny model learns column
-addition when the trace restates both operands least-significant digit first and then works one column per
-line; written straight out, most-significant digit first, the answer stays out of reach at 3+ digits. So a
-/think solution carries that trace and a /no_think solution gives the bare `\\boxed{N}`, and the hardest level
-is where /think should clearly beat /no_think. For 478+65:
+Why this shape (measured here, docs/facts.md; Lee et al. 2023, arXiv 2307.03381): from random init a tiny model
+learns column addition when the trace restates both operands least-significant digit first and then works one
+column per line; written straight out, most-significant digit first, the answer stays out of reach at 3+
+digits. So a /think solution carries that trace and a /no_think solution gives the bare `\\boxed{N}`, and the
+hardest level is where /think should clearly beat /no_think. For 478+65:
 
     874+560          operands reversed, the shorter one padded with zeros
     8+5+0=3 c1       column digits + carry in = result digit, carry out

@@ -4,7 +4,7 @@
     pretrain tokenizer --llama3 --output DIR                                # the SmolLM3 (Llama-3) tokenizer
     pretrain tokenize --config recipe.yaml [--key value ...]                # token files only
     pretrain train --config recipe.yaml [--key value ...]                   # tokenizes first when needed
-    pretrain tokenizer-eval DIR [--json out.json]                           # fertility per UDHR language
+    pretrain tokenizer-eval DIR --data TEXTS [--json out.json]              # fertility per language
 
 `train` also runs as `accelerate launch -m pretrain.cli train ...` or `torchrun -m pretrain.cli train ...`.
 """

@@ -2,11 +2,11 @@
 
 Why not `datasets` + `DataLoader`: rows would be cut once, with their position ids and labels stored beside
 them (3x the bytes) or rebuilt per batch, a weighted multi-source mixture needs its own sampler, and a
-resumable sampler replays or stores its permutation, which is how the seed's loader grew slower with the
-step count. Here every batch is a pure function of (seed, rank, step, micro-batch): a numpy generator draws
-how many rows each source gives by the stage's weights and a random offset per row into that source's token
-file, and the rows are one fancy-indexed read of a memmap. O(1) per sample at any step, nothing to replay on
-resume, a different stream per data-parallel rank (bench/pretrain_loader.py measures it).
+resumable sampler replays or stores its permutation, so it grows slower with the step count. Here every batch
+is a pure function of (seed, rank, step, micro-batch): a numpy generator draws how many rows each source gives
+by the stage's weights and a random offset per row into that source's token file, and the rows are one
+fancy-indexed read of a memmap. O(1) per sample at any step, nothing to replay on resume, a different stream per
+data-parallel rank (bench/pretrain_loader.py measures it).
 
 On disk, per source (`<data_dir>/<name>.*`):
 - `.bin`      the documents' token ids back to back (uint16 when the vocabulary fits, else uint32); each

@@ -1,7 +1,7 @@
 """Model presets: `transformers.SmolLM3Config`s (GQA, tied embeddings, NoPE on every 4th layer).
 
 `smollm3-3b` is the published SmolLM3-3B architecture (3.08B parameters). `tiny` is the same structure
-shrunk until 2 CPU cores train it in minutes: ../shared/FACTS.md measured that a ~0.8M-parameter model
+shrunk until 2 CPU cores train it in minutes: docs/facts.md has the measurement that a ~0.8M-parameter model
 (4 layers x 128 hidden) learns multi-digit addition with a scratchpad in ~1k steps where a 4.6M one did
 not, so `tiny` sits there. `small` is a middle point for longer CPU runs.
 """

@@ -1,6 +1,7 @@
-"""`pretrain tokenizer-eval DIR [--json out.json]`: how well a tokenizer covers each language.
+"""`pretrain tokenizer-eval DIR --data TEXTS [--json out.json]`: how well a tokenizer covers each language.
 
-Per UDHR text (`../shared/data/udhr/<lang>.txt`, the same declaration in 24 languages):
+Per text in a folder of `<lang>.txt` files holding the same text in each language (the Universal Declaration
+of Human Rights is the usual choice: the UN publishes it in hundreds of languages, free of copyright):
 - fertility: tokens per word (1.0 = one token per word; higher = longer sequences, costlier training);
 - continued-word proportion: share of words split into 2 or more tokens.
 
@@ -23,7 +24,6 @@ import regex
 
 from posttrain.errors import UserError
 
-DEFAULT_DATA = "../shared/data/udhr"
 UNSEGMENTED = {"zh", "ja", "th"}  # no spaces between words: counted per grapheme cluster
 WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
 CHARACTER = regex.compile(r"(?=[\p{L}\p{N}])\X")
@@ -56,14 +56,14 @@ def evaluate_text(tokenizer, text: str, lang: str) -> dict:
     }
 
 
-def evaluate(tokenizer_dir: str | Path, data_dir: str | Path = DEFAULT_DATA) -> dict[str, dict]:
+def evaluate(tokenizer_dir: str | Path, data_dir: str | Path) -> dict[str, dict]:
     from transformers import AutoTokenizer
 
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer directory not found")
     files = sorted(Path(data_dir).glob("*.txt"))
     if not files:
-        raise UserError(f"{data_dir}: no <lang>.txt files (the UDHR texts live in ../shared/data/udhr)")
+        raise UserError(f"{data_dir}: no <lang>.txt files (one file per language, the same text in each)")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if not tokenizer.is_fast:
         raise UserError(f"{tokenizer_dir}: needs a fast tokenizer (tokenizer.json) for character offsets")
@@ -83,7 +83,7 @@ def table(results: dict[str, dict]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pretrain tokenizer-eval", description=__doc__.splitlines()[0])
     parser.add_argument("tokenizer_dir")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="folder of <lang>.txt files (default %(default)s)")
+    parser.add_argument("--data", required=True, help="folder of <lang>.txt files, the same text in each language")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     results = evaluate(args.tokenizer_dir, args.data)

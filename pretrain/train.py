@@ -170,8 +170,7 @@ def model_config_of(cfg: TrainConfig, tokenizer):
 def build_model(cfg: TrainConfig, tokenizer) -> SmolLM3ForCausalLM:
     """Random init with the config's std, seeded with `seed` on every rank: data-parallel replicas start
     identical, and under FSDP each rank's shard is a slice of the one full initialisation, so shards are
-    never copies of each other (the seed's tensor-parallel bug: each rank initialised its own shard from
-    the same seed)."""
+    never copies of each other (what happens when each rank initialises its own shard from the same seed)."""
     config = model_config_of(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     return SmolLM3ForCausalLM(config)
@@ -201,7 +200,7 @@ def make_scheduler(optimizer, cfg: TrainConfig, plan: dict, last_epoch: int):
 
 
 def flops_per_token(config, n_params: int, seq_len: int) -> float:
-    """6N for the matmuls plus causal attention, 6·L·s·d (the formula ../shared/FACTS.md's MFU figures use)."""
+    """6N for the matmuls plus causal attention, 6·L·s·d (the formula of the MFU figures in docs/facts.md)."""
     return 6 * n_params + 6 * config.num_hidden_layers * seq_len * config.hidden_size
 
 

@@ -1,6 +1,7 @@
-"""Data adapters and validation: modes and the /no_think derivation, the GSM8K and MATH-500 adapters on the
-real shared files, exact mixture shares, overlong rows counted per mode, TRL accepting the datasets, and one
-line naming file, row and field for every kind of bad input."""
+"""Data adapters and validation: modes and the /no_think derivation, the GSM8K and MATH-500 adapters on
+fixtures in their formats (as jsonl files, a Hub-style dataset folder and a `save_to_disk` folder), Hub ids
+offline, exact mixture shares, overlong rows counted per mode, TRL accepting the datasets, and one line naming
+file, row and field for every kind of bad input."""
 
 import json
 import logging
@@ -10,6 +11,7 @@ import pytest
 
 from posttrain import data, task
 from posttrain.data import DataError
+from posttrain.errors import UserError
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
@@ -89,11 +91,11 @@ def test_user_messages_keep_their_mode_and_reasoning_rows_are_derived(tmp_path):
         assert ds[0]["messages"][1]["reasoning_content"] == "two and two"
 
 
-def test_gsm8k_train_rows_become_think_and_no_think_conversations(shared_data):
-    path = str(shared_data / "gsm8k" / "train.jsonl")
-    ds = data.load_conversations([{"name": "gsm8k", "path": path, "rows": 200}], no_think_fraction=0.5, seed=0)
-    originals = [json.loads(line) for line in open(path).readlines()[:200]]
-    assert len(ds) == 200 and ds["mode"].count("think") == 100
+def test_gsm8k_train_rows_become_think_and_no_think_conversations(fixtures):
+    path = str(fixtures / "gsm8k" / "train.jsonl")
+    ds = data.load_conversations([{"name": "gsm8k", "path": path}], no_think_fraction=0.5, seed=0)
+    originals = [json.loads(line) for line in open(path)]
+    assert len(ds) == len(originals) == 8 and ds["mode"].count("think") == 4
     for row, original in zip(ds, originals):
         question, reply = row["messages"]
         assert question["content"] == original["question"]
@@ -103,7 +105,7 @@ def test_gsm8k_train_rows_become_think_and_no_think_conversations(shared_data):
             assert reply["reasoning_content"].split("\n")[0] in re.sub(r"<<[^>]*>>", "", original["answer"])
         else:
             assert reply["reasoning_content"] is None
-    assert ds[0]["messages"][1]["content"] == "The answer is \\boxed{72}."  # Natalia's clips
+    assert ds[0]["messages"][1]["content"] == "The answer is \\boxed{36}."  # Mia's apples
 
 
 def test_trl_sft_trains_on_the_right_span_and_drops_no_row(tmp_path, tiny_model_dir, tiny_tokenizer):
@@ -155,14 +157,15 @@ def test_arithmetic_pairs_reject_wrong_answers_and_mode_violations():
     assert kinds == {"wrong answer", "no reasoning in /think", "think block in /no_think"}
 
 
-def test_gsm8k_model_solutions_give_right_vs_wrong_pairs(shared_data):
-    path = str(shared_data / "gsm8k" / "example_model_solutions.jsonl")
-    ds = data.load_preferences([{"name": "gsm8k_pairs", "path": path, "rows": 60}], no_think_fraction=0.5, seed=0)
+def test_gsm8k_model_solutions_give_right_vs_wrong_pairs(fixtures):
+    path = str(fixtures / "gsm8k" / "example_model_solutions.jsonl")
+    ds = data.load_preferences([{"name": "gsm8k_pairs", "path": path}], no_think_fraction=0.5, seed=0)
     truth = {}
-    for line in open(path).readlines()[:60]:
+    for line in open(path):
         row = json.loads(line)
         truth[row["question"]] = row["ground_truth"].strip().split("\n")[-1].removeprefix("A:").strip().replace(",", "")
-    assert len(ds) > 60 and abs(ds["mode"].count("no_think") - len(ds) / 2) <= 0.5
+    # right x wrong per question: 2x2, 2x1 (one solution never answers), 3x1, 2x2 (1,500 = 1500 is right)
+    assert len(ds) == 4 + 2 + 3 + 4 and abs(ds["mode"].count("no_think") - len(ds) / 2) <= 0.5
     for row in ds:
         right = BOXED.search(row["chosen"][0]["content"]).group(1)
         wrong = BOXED.search(row["rejected"][0]["content"]).group(1)
@@ -197,18 +200,18 @@ def test_user_pairs_and_trl_dpo_tokenization(tmp_path, tiny_model_dir, tiny_toke
 # --------------------------------------------------------------------------------------------- prompts
 
 
-def test_prompts_carry_the_mode_flag_gold_answers_and_levels(shared_data):
-    gsm8k, math500 = shared_data / "gsm8k" / "test.jsonl", shared_data / "math" / "math500_test.jsonl"
+def test_prompts_carry_the_mode_flag_gold_answers_and_levels(fixtures):
+    gsm8k, math500 = fixtures / "gsm8k" / "test.jsonl", fixtures / "math500" / "test.jsonl"
     sources = [
         {"name": "arithmetic", "rows": 30, "split": "test"},
-        {"name": "gsm8k", "split": "test", "path": str(gsm8k), "rows": 10},
-        {"name": "math500", "path": str(math500), "rows": 10},
+        {"name": "gsm8k", "path": str(gsm8k), "rows": 3},
+        {"name": "math500", "path": str(math500)},
     ]
     ds = data.load_prompts(sources, no_think_fraction=0.5, seed=0)
-    assert len(ds) == 50 and ds["mode"].count("no_think") == 25
-    assert ds["source"] == ["arithmetic"] * 30 + ["gsm8k"] * 10 + ["math500"] * 10
-    gsm8k_rows = [json.loads(line) for line in gsm8k.read_text().splitlines()[:10]]
-    math_rows = [json.loads(line) for line in math500.read_text().splitlines()[:10]]
+    assert len(ds) == 38 and ds["mode"].count("no_think") == 19
+    assert ds["source"] == ["arithmetic"] * 30 + ["gsm8k"] * 3 + ["math500"] * 5
+    gsm8k_rows = [json.loads(line) for line in gsm8k.read_text().splitlines()]
+    math_rows = [json.loads(line) for line in math500.read_text().splitlines()]
     test_questions = {p.question: p for p in task.generate("test", 30, seed=0)}
     for i, row in enumerate(ds):
         system, question = row["prompt"]
@@ -219,7 +222,68 @@ def test_prompts_carry_the_mode_flag_gold_answers_and_levels(shared_data):
         elif row["source"] == "gsm8k":
             assert row["answer"] == gsm8k_final(gsm8k_rows[i - 30]["answer"]) and row["level"] == 0
         else:
-            assert (question["content"], row["answer"]) == (math_rows[i - 40]["problem"], math_rows[i - 40]["answer"])
+            assert (question["content"], row["answer"]) == (math_rows[i - 33]["problem"], math_rows[i - 33]["answer"])
+
+
+def hub_layout(folder, fixtures):
+    """GSM8K as its Hub repository lays it out (a `git clone` of openai/gsm8k): parquet files per config and
+    split, and a README whose YAML header names the configs."""
+    from datasets import Dataset
+
+    for split in ("train", "test"):
+        rows = [json.loads(line) for line in open(fixtures / "gsm8k" / f"{split}.jsonl")]
+        (folder / "main").mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(rows).to_parquet(str(folder / "main" / f"{split}-00000-of-00001.parquet"))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n    path: main/train-*\n"
+        "  - split: test\n    path: main/test-*\n---\n"
+    )
+    return folder
+
+
+def test_gsm8k_from_a_hub_layout_folder_a_saved_dataset_and_a_parquet_file(tmp_path, fixtures):
+    """A local copy of a Hub dataset reads as the Hub id would: config `main` by default, the split asked for."""
+    from datasets import DatasetDict, load_dataset
+
+    expected = data.load_prompts([{"name": "gsm8k", "path": str(fixtures / "gsm8k" / "test.jsonl")}],
+                                 no_think_fraction=0.0, seed=0)
+    clone = hub_layout(tmp_path / "gsm8k", fixtures)
+    saved = tmp_path / "saved"
+    DatasetDict({"test": load_dataset(str(clone), "main", split="test")}).save_to_disk(str(saved))
+    parquet = clone / "main" / "test-00000-of-00001.parquet"
+    for spec in ({"path": str(clone), "split": "test"}, {"path": str(saved), "split": "test"}, {"path": str(parquet)}):
+        ds = data.load_prompts([{"name": "gsm8k", **spec}], no_think_fraction=0.0, seed=0)
+        assert ds["prompt"] == expected["prompt"] and ds["answer"] == expected["answer"] == ["30", "150", "49", "1500"]
+        assert ds[0]["where"].endswith(": row 1") and ds[0]["where"].startswith(spec["path"])
+    train = data.load_conversations([{"name": "gsm8k", "path": str(clone), "rows": 3}], no_think_fraction=0.5, seed=0)
+    assert len(train) == 3 and train[0]["where"] == f"{clone} (main/train): row 1"  # split train by default
+    with pytest.raises(DataError, match=rf"^{re.escape(str(clone))} \(main/dev\): cannot load \(.*dev"):
+        data.load_prompts([{"name": "gsm8k", "path": str(clone), "split": "dev"}], no_think_fraction=0.0, seed=0)
+    with pytest.raises(DataError, match="is one file, with no splits"):
+        data.load_prompts([{"name": "gsm8k", "path": str(parquet), "split": "test"}], no_think_fraction=0.0, seed=0)
+
+
+def test_hub_ids_offline_stop_training_and_are_skipped_by_evaluation(caplog):
+    """gsm8k and math500 default to their Hub ids. Offline and uncached (the test session runs with
+    HF_HUB_OFFLINE=1), a training loader stops with one line; evaluation goes on without the source."""
+    from posttrain.evaluate import load_eval_prompts
+
+    assert [s.path for s in data.parse_sources([{"name": "gsm8k"}, {"name": "math500"}], ("gsm8k", "math500"))] == [
+        "openai/gsm8k", "HuggingFaceH4/MATH-500"]
+    with pytest.raises(data.SourceUnavailable) as error:
+        data.load_conversations([{"name": "gsm8k", "rows": 5}], no_think_fraction=0.5, seed=0)
+    assert str(error.value).startswith("openai/gsm8k (main/train): cannot be loaded from the Hugging Face Hub")
+    assert "\n" not in str(error.value) and "local copy" in str(error.value)
+    sources = [{"name": "arithmetic", "split": "test", "rows": 4}, {"name": "math500", "rows": 10}]
+    with caplog.at_level(logging.WARNING, logger="posttrain"):
+        prompts, skipped = load_eval_prompts(sources, seed=0)
+    assert len(prompts) == 8 and set(prompts["source"]) == {"arithmetic"}  # 4 questions x 2 modes
+    assert len(skipped) == 1 and skipped[0].startswith("HuggingFaceH4/MATH-500 (test): cannot be loaded")
+    assert f"SKIPPED evaluation source {skipped[0]}" in caplog.text
+    with pytest.raises(UserError, match=r"^no evaluation source can be loaded: HuggingFaceH4"):
+        load_eval_prompts(sources[1:], seed=0)
+    with pytest.raises(DataError, match="data file not found"):  # a missing local file is an error, not a skip
+        load_eval_prompts([*sources, {"name": "prompts", "path": "nowhere/quiz.jsonl"}], seed=0)
 
 
 def test_user_prompts_keep_their_mode(tmp_path):

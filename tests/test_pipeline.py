@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_data):
+def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, fixtures):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = {
@@ -23,8 +23,10 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
             "midtrain": {"max_steps": 10}, "sft": {"max_steps": 60}, "dpo": {"max_steps": 3}, "rlvr": {"max_steps": 1},
         },
         "merge": {"models": ["rlvr", "midtrain"], "weights": [0.5, 0.5]},
+        # GSM8K from a local copy; MATH-500 by Hub id, which the offline test session cannot load: skipped
         "eval_datasets": [{"name": "arithmetic", "split": "test", "rows": 20, "levels": [1]},
-                          {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "rows": 2}],
+                          {"name": "gsm8k", "path": str(fixtures / "gsm8k" / "test.jsonl"), "rows": 2},
+                          {"name": "math500", "rows": 5}],
         "eval_max_new_tokens": 48, "eval_batch_size": 64,
     }
     config = tmp_path / "pipeline.yaml"
@@ -45,6 +47,9 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
     assert report["stages"]["sft"]["modes"]["think"]["n"] == 20
     assert set(report["stages"]["sft"]["by_source"]) == {"arithmetic", "gsm8k"}
     assert report["stages"]["rlvr"]["think_accuracy_reward_first_last"][0] is not None
+    assert len(report["skipped_eval_sources"]) == 1
+    assert f"Skipped evaluation source: {report['skipped_eval_sources'][0]}" in (run / "report.md").read_text()
+    assert report["skipped_eval_sources"][0].startswith("HuggingFaceH4/MATH-500 (test): cannot be loaded")
     # the /no_think format is a floor this budget reliably reaches (measured: 100% after 40 and after 60 SFT steps
     # on 120 pretraining steps; 0-35% on 30 pretraining steps, which never reach the task stage)
     sft_modes = report["stages"]["sft"]["modes"]
@@ -57,6 +62,27 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, shared_da
     assert out.count("done in an earlier run, skipped") == 6
     out = subprocess.run(cmd + ["--from", "merge"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     assert out.count("skipped") == 5 and "[pipeline] merge: -m posttrain merge" in out
+
+
+def test_a_training_source_that_cannot_be_loaded_stops_the_pipeline_before_any_stage(tmp_path, capsys):
+    """DPO's data is checked before pretraining starts: an unreachable Hub dataset (offline here) and a missing
+    file each stop the pipeline with one line naming the stage, and nothing is trained."""
+    from posttrain.cli import main
+
+    stages = {s: f"recipes/tiny/{s}.yaml" for s in ("pretrain", "midtrain", "sft", "dpo")}
+    for datasets, message in (
+        ([{"name": "preferences", "path": "my-org/preference-pairs"}], "my-org/preference-pairs (train): cannot be loaded"),
+        ([{"name": "gsm8k_pairs", "path": "nowhere/pairs.jsonl"}], "nowhere/pairs.jsonl: data file not found"),
+    ):
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(yaml.safe_dump({"name": "stop", "runs_dir": str(tmp_path), "stages": stages,
+                                          "stage_overrides": {"dpo": {"datasets": datasets}}}))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["pipeline", "--config", str(config)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code != 0 and len(err.splitlines()) == 1
+        assert err.startswith("error: stage dpo (recipes/tiny/dpo.yaml): ") and message in err
+        assert not (tmp_path / "stop").exists()
 
 
 def test_a_pipeline_without_pretrain_starts_from_its_first_recipes_model(tmp_path):

@@ -21,14 +21,14 @@ def sums(n: int, seed: int = 0) -> list[str]:
     return [f"{a}+{b}={a + b}" for a, b in rng.integers(0, 500, size=(n, 2))]
 
 
-def data_config(tmp_path, tokenizer_dir, shakespeare, **overrides) -> DataConfig:
+def data_config(tmp_path, tokenizer_dir, web_text, **overrides) -> DataConfig:
     rows = tmp_path / "rows.jsonl"
     if not rows.exists():
         rows.write_text("".join(json.dumps({"body": f"Row {i} says hello."}) + "\n" for i in range(50)))
     spec = dict(
         tokenizer=str(tokenizer_dir),
         sources=[
-            {"name": "web", "type": "text", "path": str(shakespeare), "separator": "\n\n"},
+            {"name": "web", "type": "text", "path": str(web_text), "separator": "\n\n"},
             {"name": "rows", "type": "jsonl", "path": str(rows), "field": "body"},
             {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 300}},
         ],
@@ -42,14 +42,14 @@ def data_config(tmp_path, tokenizer_dir, shakespeare, **overrides) -> DataConfig
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_tokenizer_dir, shared_data):
+def prepared(tmp_path_factory, tiny_tokenizer_dir, web_text):
     tmp = tmp_path_factory.mktemp("data")
-    data = data_config(tmp, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt")
+    data = data_config(tmp, tiny_tokenizer_dir, web_text)
     tokenizer = prepare(data, tmp / "work", log=lambda *_: None)
     return data, tokenizer, tmp / "work" / "tokens"
 
 
-def test_tokenize_writes_flat_token_files_with_document_index(prepared, shared_data):
+def test_tokenize_writes_flat_token_files_with_document_index(prepared, web_text):
     data, tok, tokens = prepared
     for name in ("web", "rows", "sums"):
         meta = json.loads((tokens / f"{name}.json").read_text())
@@ -58,7 +58,7 @@ def test_tokenize_writes_flat_token_files_with_document_index(prepared, shared_d
         assert meta["dtype"] == "uint16" and len(ids) == starts[-1] == meta["tokens"]
         assert len(starts) == meta["documents"] + 1
         assert (ids[starts[:-1]] == tok.bos_token_id).all()  # every document opens with the bos token
-    paragraphs = [p for p in (shared_data / "text" / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
+    paragraphs = [p for p in web_text.read_text().split("\n\n") if p.strip()]
     web_starts = np.load(tokens / "web.idx.npy")
     web = np.memmap(tokens / "web.bin", dtype=np.uint16, mode="r")
     assert len(web_starts) - 1 == len(paragraphs)
@@ -125,7 +125,7 @@ def test_mixture_follows_stage_weights_and_switches_at_the_budget(prepared):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_logits_equal_separate_documents(prepared, attn):
-    """No attention_mask + restarting position_ids = block-diagonal attention (../shared/FACTS.md). Every
+    """No attention_mask + restarting position_ids (and use_cache=False) = block-diagonal attention. Every
     document of the batch scored alone gives its packed logits; without the restarts the logits differ."""
     data, tok, tokens = prepared
     files = open_sources(tokens, data.source_list, data.seq_len)
@@ -166,13 +166,13 @@ def write_recipe(path, data: dict, output_dir) -> str:
 
 
 @pytest.fixture
-def good_recipe(tmp_path, tiny_tokenizer_dir, shared_data):
+def good_recipe(tmp_path, tiny_tokenizer_dir, web_text):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"text": "hello there"}) + "\n")
     return {
         "tokenizer": str(tiny_tokenizer_dir),
         "sources": [
-            {"name": "web", "type": "text", "path": str(shared_data / "text" / "tinyshakespeare.txt")},
+            {"name": "web", "type": "text", "path": str(web_text)},
             {"name": "rows", "type": "jsonl", "path": str(rows)},
         ],
         "stages": [{"name": "s", "tokens": 1000, "weights": {"web": 0.5, "rows": 0.5}}],
@@ -194,7 +194,7 @@ def good_recipe(tmp_path, tiny_tokenizer_dir, shared_data):
         ("no_stages", r"recipe key 'stages': give at least one"),
     ],
 )
-def test_bad_input_stops_before_training_with_one_line(case, expected, good_recipe, tmp_path, capsys, shared_data):
+def test_bad_input_stops_before_training_with_one_line(case, expected, good_recipe, tmp_path, capsys, web_text):
     recipe = good_recipe
     if case == "empty_file":
         (tmp_path / "empty.txt").write_text("")
@@ -206,10 +206,10 @@ def test_bad_input_stops_before_training_with_one_line(case, expected, good_reci
     elif case == "unknown_source":
         recipe["stages"][0]["weights"] = {"web": 0.5, "code": 0.5}
     elif case == "uint16_vocab":
-        spec = {"files": [str(shared_data / "text" / "tinyshakespeare.txt")], "vocab_size": 65535}
+        spec = {"files": [str(web_text)], "vocab_size": 65535}
         recipe.update(tokenizer=spec, token_dtype="uint16")
     elif case == "no_vocab_size":
-        recipe["tokenizer"] = {"files": [str(shared_data / "text" / "tinyshakespeare.txt")]}
+        recipe["tokenizer"] = {"files": [str(web_text)]}
     elif case == "no_stages":
         recipe["stages"] = []
     elif case == "bad_row":

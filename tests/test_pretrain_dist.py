@@ -68,14 +68,14 @@ def shard_worker(tokenizer_dir: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_ranks_init_identical_replicas_whose_shards_are_not_copies(tmp_path, tiny_tokenizer_dir, shared_data):
+def test_ranks_init_identical_replicas_whose_shards_are_not_copies(tmp_path, tiny_tokenizer_dir, web_text):
     import numpy as np
     from transformers import AutoTokenizer
 
     from pretrain.data import Source, tokenize
 
     out = tmp_path / "shards.json"
-    source = Source("web", "text", str(shared_data / "text" / "tinyshakespeare.txt"))
+    source = Source("web", "text", str(web_text))
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     tokenize([source], tokenizer, out.with_suffix(".tokens"), np.dtype("uint16"), log=lambda *_: None)
     torchrun(str(Path(__file__)), str(tiny_tokenizer_dir), str(out))
@@ -84,17 +84,17 @@ def test_ranks_init_identical_replicas_whose_shards_are_not_copies(tmp_path, tin
     for name in r0["shards"]:
         assert r0["is_slice_of_full_init"][name] and r1["is_slice_of_full_init"][name]
         a, b = np.array(r0["shards"][name]), np.array(r1["shards"][name])
-        assert not np.array_equal(a, b), name  # the seed's bug: every shard a copy of rank 0's
+        assert not np.array_equal(a, b), name  # shards initialised per rank from one seed are copies of rank 0's
         n = min(len(a), len(b))
         assert abs(np.corrcoef(a[:n], b[:n])[0, 1]) < 0.1, name  # and not correlated either
     assert r0["first_batch"] != r1["first_batch"]  # data order differs per rank
 
 
 @pytest.mark.slow
-def test_two_rank_cpu_ddp_trains_with_replicas_in_sync(tmp_path, tiny_tokenizer_dir, shared_data):
+def test_two_rank_cpu_ddp_trains_with_replicas_in_sync(tmp_path, tiny_tokenizer_dir, web_text):
     from test_pretrain_train import tiny_recipe
 
-    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt",
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text,
                          max_steps=6, save_steps=3, warmup_steps=1, peak_tflops=1.0)
     result = torchrun("-m", "pretrain.cli", "train", "--config", recipe)
     state = json.loads((tmp_path / "run" / "pretrain_state.json").read_text())
@@ -110,19 +110,18 @@ def test_two_rank_cpu_ddp_trains_with_replicas_in_sync(tmp_path, tiny_tokenizer_
 
 
 @pytest.mark.slow
-def test_resume_after_kill_continues_the_same_loss_curve(tmp_path, tiny_tokenizer_dir, shared_data):
+def test_resume_after_kill_continues_the_same_loss_curve(tmp_path, tiny_tokenizer_dir, web_text):
     from test_pretrain_train import tiny_recipe
 
-    shakespeare = shared_data / "text" / "tinyshakespeare.txt"
     kw = dict(max_steps=60, save_steps=4, keep_last=2, warmup_steps=2)
     (tmp_path / "a").mkdir()
-    straight = tiny_recipe(tmp_path / "a", tiny_tokenizer_dir, shakespeare, **kw)
+    straight = tiny_recipe(tmp_path / "a", tiny_tokenizer_dir, web_text, **kw)
     cmd = [sys.executable, "-m", "pretrain.cli", "train", "--config"]
     subprocess.run([*cmd, straight], env=ENV, cwd=ROOT, check=True, capture_output=True)
     expected = {h["step"]: h["loss"] for h in json.loads((tmp_path / "a" / "run" / "log_history.json").read_text())}
 
     (tmp_path / "b").mkdir()
-    killed = tiny_recipe(tmp_path / "b", tiny_tokenizer_dir, shakespeare, **kw)
+    killed = tiny_recipe(tmp_path / "b", tiny_tokenizer_dir, web_text, **kw)
     cmd = [*cmd, killed]
     proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "b" / "run.partial" / "checkpoints" / "step-00000012"

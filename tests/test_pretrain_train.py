@@ -41,13 +41,13 @@ def run_train(argv, capsys) -> str:
     return err
 
 
-def tiny_recipe(tmp_path, tokenizer_dir, shakespeare, **overrides) -> str:
+def tiny_recipe(tmp_path, tokenizer_dir, web_text, **overrides) -> str:
     """A recipe for a seconds-long run: two stages, the tiny preset, 64-token rows."""
     recipe = {
         "output_dir": str(tmp_path / "run"),
         "tokenizer": str(tokenizer_dir),
         "sources": [
-            {"name": "web", "type": "text", "path": str(shakespeare), "separator": "\n\n"},
+            {"name": "web", "type": "text", "path": str(web_text), "separator": "\n\n"},
             {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 2000}},
         ],
         "stages": [
@@ -89,9 +89,9 @@ def file_stamps(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_tokenizer_dir, shared_data):
+def finished_run(tmp_path_factory, tiny_tokenizer_dir, web_text):
     tmp = tmp_path_factory.mktemp("train")
-    recipe = tiny_recipe(tmp, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt")
+    recipe = tiny_recipe(tmp, tiny_tokenizer_dir, web_text)
     assert main(["train", "--config", recipe]) == 0
     return tmp / "run", recipe
 
@@ -141,12 +141,12 @@ def test_state_counts_tokens_per_source_and_checkpoints_rotate(finished_run):
 
 
 def test_resume_replays_from_the_last_complete_checkpoint_and_cleans_a_half_written_one(
-    finished_run, tmp_path, tiny_tokenizer_dir, shared_data, capsys
+    finished_run, tmp_path, tiny_tokenizer_dir, web_text, capsys
 ):
     """Killed while saving step 15 (save_steps 5); resumed with save_steps 10, so nothing re-saves step 15:
     the resumed run skips and deletes tmp-step-15, starts at step 10, cuts the log back to it, and gives
     finished_run's loss curve. Checkpoints hold no log history (the log file is the record)."""
-    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt")
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text)
     interrupted_run(recipe, step=15)
     partial = tmp_path / "run.partial"
     assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == [
@@ -169,14 +169,13 @@ def test_resume_replays_from_the_last_complete_checkpoint_and_cleans_a_half_writ
 
 
 def test_resume_with_a_changed_recipe_is_refused_before_anything_is_rewritten(
-    tmp_path, tiny_tokenizer_dir, shared_data, capsys
+    tmp_path, tiny_tokenizer_dir, web_text, capsys
 ):
     """A run with a trained tokenizer and an editable source, killed while saving step 4; then a
     changed mixture, source, tokenizer spec or batch each stop with one line naming the key, and every file
     of the run (tokenizer, token files, checkpoints, the half-written save, the log) stays as it was."""
-    shakespeare = shared_data / "text" / "tinyshakespeare.txt"
     web = tmp_path / "web.txt"
-    web.write_text(shakespeare.read_text()[:200_000])
+    web.write_text(web_text.read_text()[:200_000])
     base = {
         "tokenizer": {"files": [str(web)], "vocab_size": 400, "sources": ["sums"]},
         "sources": [
@@ -185,7 +184,7 @@ def test_resume_with_a_changed_recipe_is_refused_before_anything_is_rewritten(
         ],
         "save_steps": 2,
     }
-    interrupted_run(tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, **base), step=4)
+    interrupted_run(tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, **base), step=4)
     partial = tmp_path / "run.partial"
     assert (partial / "tokenizer").is_dir() and (partial / "checkpoints" / "step-00000002").is_dir()
     before = file_stamps(partial)
@@ -201,12 +200,12 @@ def test_resume_with_a_changed_recipe_is_refused_before_anything_is_rewritten(
         if key == "sources":
             with open(web, "a") as fh:
                 fh.write("\n\nA new paragraph.\n")
-        err = run_train(["--config", tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, **change)], capsys)
+        err = run_train(["--config", tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, **change)], capsys)
         assert f"step-00000002: this run's {key!r} differs from the checkpoint's" in err, err
         assert file_stamps(partial) == before, key
     # `pretrain tokenize` would rewrite the tokenizer and token files too: refused the same way
     with pytest.raises(SystemExit):
-        main(["tokenize", "--config", tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, **base)])
+        main(["tokenize", "--config", tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, **base)])
     assert "this run's 'sources' differs" in capsys.readouterr().err
     assert file_stamps(partial) == before
 
@@ -236,21 +235,20 @@ def test_finished_output_dir_is_never_overwritten(finished_run, capsys):
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_decay_restarts_from_a_stable_checkpoint_without_retraining(tmp_path, tiny_tokenizer_dir, shared_data, capsys):
+def test_decay_restarts_from_a_stable_checkpoint_without_retraining(tmp_path, tiny_tokenizer_dir, web_text, capsys):
     """Train 10 stable steps (no decay), then branch a decay off step 10 into a new run (with the same batch
     shape: other ones are refused)."""
-    shakespeare = shared_data / "text" / "tinyshakespeare.txt"
-    stable = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, max_steps=10, decay_fraction=0.0, save_steps=10)
+    stable = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, max_steps=10, decay_fraction=0.0, save_steps=10)
     main(["train", "--config", stable])
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000010"
     stable_loss = json.loads((tmp_path / "run" / "log_history.json").read_text())[-1]["loss"]
     for change, key in ((dict(seq_len=32), "seq_len"), (dict(micro_batch_size=2), "micro_batch_size"),
                         (dict(gradient_accumulation_steps=1), "tokens_per_step")):
-        other = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, output_dir=str(tmp_path / "other"),
+        other = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, output_dir=str(tmp_path / "other"),
                             decay_from=str(checkpoint), **change)
         err = run_train(["--config", other], capsys)
         assert f"'decay_from': this run's {key!r} differs from the checkpoint's" in err, err
-    decay = tiny_recipe(tmp_path, tiny_tokenizer_dir, shakespeare, output_dir=str(tmp_path / "decayed"),
+    decay = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, output_dir=str(tmp_path / "decayed"),
                         decay_from=str(checkpoint), decay_fraction=0.25, save_steps=0)
     main(["train", "--config", decay])
     history = json.loads((tmp_path / "decayed" / "log_history.json").read_text())
@@ -262,10 +260,10 @@ def test_decay_restarts_from_a_stable_checkpoint_without_retraining(tmp_path, ti
 
 
 def test_decay_from_a_checkpoint_past_the_stable_phase_is_refused(
-    finished_run, tmp_path, tiny_tokenizer_dir, shared_data, capsys
+    finished_run, tmp_path, tiny_tokenizer_dir, web_text, capsys
 ):
     out, _ = finished_run
-    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, shared_data / "text" / "tinyshakespeare.txt",
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text,
                          decay_from=str(out / "checkpoints" / "step-00000030"))
     with pytest.raises(SystemExit):
         main(["train", "--config", recipe])

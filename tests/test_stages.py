@@ -277,11 +277,11 @@ def test_qlora_sft_trains_4bit_base_adapters_and_saves_a_float_merged_model(tmp_
     assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
 
 
-def test_lora_trains_the_embedding_rows_of_added_hybrid_tokens(tmp_path, shared_data):
+def test_lora_trains_the_embedding_rows_of_added_hybrid_tokens(tmp_path, chatml_tokenizer_dir):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import ModelConfig
 
-    tokenizer_dir = shared_data / "tokenizers" / "smollm2"  # ChatML tokens, no <think>: load_tokenizer adds them
+    tokenizer_dir = chatml_tokenizer_dir  # ChatML tokens, no <think>: load_tokenizer adds them
     config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)), hidden_size=16,
                          intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
     torch.manual_seed(0)
@@ -298,11 +298,11 @@ def test_lora_trains_the_embedding_rows_of_added_hybrid_tokens(tmp_path, shared_
     assert torch.equal(after[: min(new)], before[: min(new)])  # the rest of the vocabulary did not move
 
 
-def test_missing_hybrid_tokens_are_added_with_mean_of_pieces_embeddings(tmp_path, shared_data):
+def test_missing_hybrid_tokens_are_added_with_mean_of_pieces_embeddings(tmp_path, chatml_tokenizer_dir):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import ModelConfig
 
-    tokenizer_dir = shared_data / "tokenizers" / "smollm2"  # ChatML tokens, no <think>
+    tokenizer_dir = chatml_tokenizer_dir  # ChatML tokens, no <think>
     base = AutoTokenizer.from_pretrained(tokenizer_dir)
     pieces = {t: base(t, add_special_tokens=False)["input_ids"] for t in ("<think>", "</think>")}
     assert all(len(p) > 1 for p in pieces.values())
@@ -327,8 +327,9 @@ def test_missing_hybrid_tokens_are_added_with_mean_of_pieces_embeddings(tmp_path
 @pytest.mark.slow
 def test_sft_runs_on_two_ranks_under_accelerate_launch(tmp_path, tiny_model_dir):
     """`accelerate launch -m posttrain sft` with the shipped DDP config on two CPU (gloo) ranks. `--cpu` would pick
-    accelerate's single-process launcher (../shared/FACTS.md), and the multi-process one does not pass the
-    config's `use_cpu` on, so CPU ranks need ACCELERATE_USE_CPU (else each rank trains alone, world size 1)."""
+    accelerate's single-process launcher (one process, whatever --num_processes says), and the multi-process one
+    does not pass the config's `use_cpu` on, so CPU ranks need ACCELERATE_USE_CPU (else each rank trains alone,
+    world size 1)."""
     import os
     import subprocess
     import sys

@@ -86,12 +86,12 @@ def test_token_level_prefix_needs_a_merged_blank_line(tokenizer):
     assert len(tokenizer.encode("a\n\n", add_special_tokens=False)) == 2
 
 
-def test_tokenizer_without_think_tokens_fails_special_tokens(shared_data):
-    """A real vocabulary (SmolLM2's) without <think> / </think>: the template is fine, the tokenizer is not."""
+def test_tokenizer_without_think_tokens_fails_special_tokens(chatml_tokenizer_dir):
+    """A ChatML vocabulary without <think> / </think> (as SmolLM2's): the template is fine, the tokenizer is not."""
     from transformers import AutoTokenizer
 
-    smollm2 = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "smollm2")
-    failed = failures(check_template(load_template(), smollm2))
+    chatml = AutoTokenizer.from_pretrained(chatml_tokenizer_dir)
+    failed = failures(check_template(load_template(), chatml))
     assert list(failed) == ["special_tokens"]
     assert "think>' is not in the tokenizer's vocabulary" in failed["special_tokens"]
 
