@@ -79,13 +79,21 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-TURN = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
+# Tool calls as the template renders them; `arguments` is the JSON text (Arrow holds no free-form objects).
+TOOL_CALL = {"type": Value("string"), "function": {"name": Value("string"), "arguments": Value("string")}}
+TURN = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string"),
+        "tool_calls": List(TOOL_CALL)}
 MESSAGE = {"role": Value("string"), "content": Value("string")}
 MODE_KWARGS = {"enable_thinking": Value("bool")}
+# A conversation's own template kwargs (SmolLM3's names): tool signatures for the system turn, instructions.
+TOOLS_KWARGS = ("xml_tools", "python_tools")
+CONVERSATION_KWARGS = {**MODE_KWARGS, **{k: List(Value("string")) for k in TOOLS_KWARGS},
+                       "custom_instructions": Value("string")}
 # `where` ("path: row N", or the generated problem) travels with every row, so a check made after mixing and
 # shuffling (rows longer than max_length) still names the file and row.
 WHERE = {"where": Value("string")}
-CONVERSATION = Features({"messages": List(TURN), "mode": Value("string"), **WHERE})
+CONVERSATION = Features({"messages": List(TURN), "mode": Value("string"), **WHERE,
+                         "chat_template_kwargs": CONVERSATION_KWARGS})
 PREFERENCE = Features(
     {"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string"), **WHERE}
 )
@@ -330,13 +338,40 @@ def split_think(text: str) -> tuple[str | None, str]:
     return match.group(1).strip(), match.group(2)
 
 
-def _turn(role: str, content: str, reasoning: str | None = None) -> dict:
-    return {"role": role, "content": content, "reasoning_content": reasoning}
+def _turn(role: str, content: str, reasoning: str | None = None, tool_calls: list[dict] | None = None) -> dict:
+    return {"role": role, "content": content, "reasoning_content": reasoning, "tool_calls": tool_calls}
+
+
+def _tool_calls(value, at: str) -> list[dict] | None:
+    """An assistant turn's `tool_calls` (OpenAI style `{type, function: {name, arguments}}`, or `{name,
+    arguments}`) normalised to the TOOL_CALL shape; `arguments` an object or its JSON text."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{at}.tool_calls': must be a non-empty list of {{name, arguments}} calls")
+    calls = []
+    for j, call in enumerate(value):
+        call = call.get("function", call) if isinstance(call, dict) else call
+        name, arguments = (call.get("name"), call.get("arguments", {})) if isinstance(call, dict) else (None, None)
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{at}.tool_calls[{j}].name': missing or not a non-empty string")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{at}.tool_calls[{j}].arguments': not valid JSON ({e.msg})") from None
+        if not isinstance(arguments, dict):
+            raise DataError(f"{at}.tool_calls[{j}].arguments': must be a JSON object")
+        # json.dumps' separators are those of the template's `tojson`: the text renders as an object would
+        arguments = json.dumps(arguments, ensure_ascii=False)
+        calls.append({"type": "function", "function": {"name": name, "arguments": arguments}})
+    return calls
 
 
 def parse_messages(value, where: str, field: str = "messages", need_assistant: bool = True) -> list[dict]:
-    """Validate a message list and normalise it to {role, content, reasoning_content}, a think block in an
-    assistant's content moved to `reasoning_content` (other message keys are not used by the template)."""
+    """Validate a message list and normalise it to {role, content, reasoning_content, tool_calls}, a think block
+    in an assistant's content moved to `reasoning_content` (other message keys are not used by the template).
+    A `tool` turn (a tool's result; the template renders it as a user turn) must answer an assistant's calls."""
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: field '{field}': must be a non-empty list of {{role, content}} messages")
     turns = []
@@ -351,6 +386,11 @@ def parse_messages(value, where: str, field: str = "messages", need_assistant: b
             raise DataError(f"{at}.content': must be a string, got {type(content).__name__}")
         if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
             raise DataError(f"{at}.reasoning_content': must be a string on an assistant message")
+        if message.get("tool_calls") is not None and role != "assistant":
+            raise DataError(f"{at}.tool_calls': only an assistant message calls tools")
+        if role == "tool" and not (turns and (turns[-1]["tool_calls"] or turns[-1]["role"] == "tool")):
+            raise DataError(f"{at}.role': a tool result must follow an assistant message with tool_calls")
+        calls = _tool_calls(message.get("tool_calls"), at)
         if role == "assistant":
             try:
                 inline, content = split_think(content)
@@ -359,12 +399,37 @@ def parse_messages(value, where: str, field: str = "messages", need_assistant: b
             if inline is not None and reasoning:
                 raise DataError(f"{at}.content': both reasoning_content and a {THINK_OPEN} block")
             reasoning = (inline if inline is not None else reasoning or "").strip() or None
-            if not content.strip():
+            if not content.strip() and not calls:
                 raise DataError(f"{at}.content': empty assistant content (no answer after the reasoning)")
-        turns.append(_turn(role, content, reasoning))
+        turns.append(_turn(role, content, reasoning, calls))
     if need_assistant and not any(t["role"] == "assistant" for t in turns):
         raise DataError(f"{where}: field '{field}': no assistant turn")
     return turns
+
+
+def _conversation_kwargs(row: dict, where: str) -> tuple[dict, str | None]:
+    """(template kwargs, mode) a user row brings: `xml_tools` / `python_tools` (tool signatures for the system
+    turn: objects, rendered as the template renders them, or strings) and `custom_instructions`, at the top
+    level or in a `chat_template_kwargs` object (SmolTalk2's layout, whose `enable_thinking` gives the mode)."""
+    nested = row.get("chat_template_kwargs") or {}
+    if not isinstance(nested, dict):
+        raise DataError(f"{where}: field 'chat_template_kwargs': must be an object")
+    kwargs = {}
+    for key in (*TOOLS_KWARGS, "custom_instructions"):
+        label = key if key in row else f"chat_template_kwargs.{key}"
+        value = row.get(key, nested.get(key))
+        if key == "custom_instructions":
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: field '{label}': must be a string")
+        elif value is not None:
+            if not isinstance(value, list) or not all(isinstance(t, (dict, str)) for t in value):
+                raise DataError(f"{where}: field '{label}': must be a list of tool signatures (objects or strings)")
+            value = [t if isinstance(t, str) else str(t) for t in value]  # what the template's `tool | string` writes
+        kwargs[key] = value
+    thinking = nested.get("enable_thinking")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise DataError(f"{where}: field 'chat_template_kwargs.enable_thinking': must be true or false")
+    return kwargs, None if thinking is None else ("think" if thinking else "no_think")
 
 
 def _check_mode(turns: list[dict], mode: str | None, where: str, field: str, require_reasoning: bool) -> str | None:
@@ -444,7 +509,8 @@ Adapter = Callable[[Source], Iterable[dict]]
 def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: int) -> Dataset:
     parts = []
     for source in parse_sources(sources, adapters):
-        ds = Dataset.from_list(list(adapters[source.name](source)), features=features)
+        rows = [{key: row.get(key) for key in features} for row in adapters[source.name](source)]  # absent: None
+        ds = Dataset.from_list(rows, features=features)
         if not len(ds):
             raise DataError(f"{source.label}: no rows")
         parts.append((source, ds))
@@ -522,8 +588,10 @@ def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dic
         if "messages" not in row:
             raise DataError(f"{where}: field 'messages': missing")
         turns = parse_messages(row["messages"], where)
-        mode = _check_mode(turns, _mode(row, where), where, "messages", require_reasoning)
-        yield {"messages": turns, "mode": mode, "where": where}
+        kwargs, kwargs_mode = _conversation_kwargs(row, where)
+        mode = _mode(row, where) or kwargs_mode
+        mode = _check_mode(turns, mode, where, "messages", require_reasoning)
+        yield {"messages": turns, "mode": mode, "where": where, "chat_template_kwargs": kwargs}
 
 
 def _arithmetic_pairs(source: Source, seed: int, no_think_fraction: float) -> Iterator[dict]:
@@ -642,9 +710,10 @@ def _user_prompts(source: Source) -> Iterator[dict]:
 
 
 def load_conversations(sources, *, no_think_fraction: float, seed: int, require_reasoning: bool = False) -> Dataset:
-    """SFT / mid-training rows: `messages`, `chat_template_kwargs` ({"enable_thinking": bool}), `mode`.
-    Sources: arithmetic, gsm8k, messages (user jsonl with `messages`, optional `reasoning_content` or
-    `<think>` blocks in assistant turns, optional `mode`)."""
+    """SFT / mid-training rows: `messages`, `mode`, `where`, `chat_template_kwargs` (`enable_thinking`, and the
+    row's own `xml_tools`, `python_tools`, `custom_instructions` or None). Sources: arithmetic, gsm8k, messages
+    (user rows with `messages`: optional `reasoning_content` or `<think>` blocks in assistant turns, assistant
+    `tool_calls` and `tool` results; optional `mode`, tools and instructions, see `_conversation_kwargs`)."""
     _check_fraction(no_think_fraction)
     adapters = {
         "arithmetic": functools.partial(_arithmetic_conversations, seed=seed),
@@ -655,9 +724,10 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
 
     def render(row):
         think = row["mode"] == "think"
-        return {"messages": _drop_reasoning(row["messages"], think), "chat_template_kwargs": {"enable_thinking": think}}
+        kwargs = {**(row["chat_template_kwargs"] or {}), "enable_thinking": think}
+        return {"messages": _drop_reasoning(row["messages"], think), "chat_template_kwargs": kwargs}
 
-    return ds.map(render, features=Features({**CONVERSATION, "chat_template_kwargs": MODE_KWARGS}))
+    return ds.map(render, features=CONVERSATION)
 
 
 def load_preferences(sources, *, no_think_fraction: float, seed: int) -> Dataset:

@@ -142,7 +142,7 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
     reward_funcs = build_rewards(script, training.reward_weights)
     if not script.datasets:
         raise UserError("recipe key 'datasets': list at least one prompt source")
-    tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path)
+    tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
     dataset = data.load_prompts(script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed)
     dropped = None
     if script.max_prompt_length is not None:

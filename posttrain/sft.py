@@ -48,7 +48,7 @@ def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.
     stage.validate_model_args(model_args, training)
     if not script.datasets:
         raise UserError("recipe key 'datasets': list at least one data source")
-    tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path)
+    tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
     dataset = data.load_conversations(
         script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed,
         require_reasoning=script.require_reasoning,

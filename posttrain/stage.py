@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from posttrain.chat_template import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, attach_template, load_template
+from posttrain.chat_template import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, attach_template, is_project_template
 from posttrain.config import parse_recipe, recipe_help
 from posttrain.errors import UserError
 
@@ -56,6 +56,12 @@ class StageArguments:
         default="drop",
         metadata={"help": "Rows longer than max_length: 'drop' them (counted per mode in the run record) or "
                   "'error'. TRL would otherwise truncate them and silently drop the fully masked ones."},
+    )
+    default_instructions: dict | None = field(
+        default=None,
+        metadata={"help": "{think: text, no_think: text}: the instructions the chat template renders when a "
+                  "conversation brings none (SmolLM3's by default). Unset: the starting checkpoint's, if its "
+                  "template is the project's; set: saved in this stage's template for every later render."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to use (a directory, Hub id or gguf: file); defaults to "
@@ -124,8 +130,10 @@ def _gguf_file(name: str) -> Path | None:
     return path
 
 
-def load_tokenizer(model_args, tokenizer_name_or_path: str | None = None):
+def load_tokenizer(model_args, tokenizer_name_or_path: str | None = None, default_instructions: dict | None = None):
     """The tokenizer with the hybrid template attached and the hybrid tokens guaranteed to be single tokens.
+    A checkpoint whose template is the project's keeps it (and the default instructions set in it) unless
+    `default_instructions` is given; any other template is replaced.
 
     Returns (tokenizer, new_tokens): `new_tokens` maps each token added here to the ids it was spelled with
     before, which `load_model` needs to initialise its embedding row (see `init_new_embeddings`)."""
@@ -152,8 +160,8 @@ def load_tokenizer(model_args, tokenizer_name_or_path: str | None = None):
         tokenizer.add_tokens([AddedToken(token, normalized=False, special=special)], special_tokens=special)
     if new_tokens:
         logger.info("added hybrid tokens %s to the tokenizer", list(new_tokens))
-    if tokenizer.chat_template != load_template():
-        attach_template(tokenizer)
+    if default_instructions is not None or not is_project_template(tokenizer.chat_template):
+        attach_template(tokenizer, default_instructions)
     return tokenizer, new_tokens
 
 
@@ -255,7 +263,7 @@ def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) 
     if empty:
         raise UserError(
             f"{where}: no {'/'.join(empty)} rows left after dropping overlong rows (rows per mode: {counts}); "
-            "raise max_length or shorten the system text"
+            "raise max_length or shorten the system text (e.g. recipe key 'default_instructions')"
         )
 
 

@@ -8,11 +8,16 @@ compares what comes out with the contract in docs/architecture.md.
 
 PATH is a template file (checked with `--tokenizer DIR`, or by default with a byte-level BPE trained on the
 spot by `pretrain.tokenizer.train_bpe`) or a tokenizer directory (its own template). One line per check,
-`PASS name` / `FAIL name: detail`; exit 0 when every check passes, else 1.
+`PASS name` / `FAIL name: detail`; exit 0 when every check passes, else 1. `--reference FILE` adds a
+comparison with another template (SmolLM3's as served): a fixed, generated set of conversations rendered with
+both, and a unified diff of the first that differs.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
+import difflib
 import itertools
 import re
 import tempfile
@@ -40,6 +45,11 @@ class CheckTemplateArgs:
         default=None,
         metadata={"help": "tokenizer directory to check a template file with; unset: a small byte-level BPE"},
     )
+    reference: str | None = field(
+        default=None,
+        metadata={"help": "a template file (e.g. SmolLM3's as llama.cpp ships it) that PATH must render "
+                          "byte-identically on a generated set of conversations; any difference fails"},
+    )
 
 
 # Conversations the checks render. Distinct texts, so each can be found in the rendering.
@@ -53,13 +63,10 @@ TURNS = [
     {"role": "assistant", "reasoning_content": R2, "content": A2},
 ]
 TOOL_RESULT = "tool says 42"
+TOOL_CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 12, "b": 30}}}
 TOOL_TURNS = [
     {"role": "user", "content": Q1},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 12, "b": 30}}}],
-    },
+    {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]},
     {"role": "tool", "name": "add", "content": TOOL_RESULT},
     {"role": "assistant", "content": A1},
 ]
@@ -75,6 +82,7 @@ TOOLS = [{
         },
     },
 }]
+JINJA_COMMENT_RE = re.compile(r"\{#.*?#\}", re.DOTALL)
 # Control tokens a template emits: ChatML-style `<|...|>` and the think tags.
 SPECIAL_RE = re.compile(r"<\|[^|<>\s]+\|>|</?think>")
 # Text for the default tokenizer: enough for a byte-level BPE (the control tokens come from train_bpe itself).
@@ -111,9 +119,10 @@ class _Renderer:
     def ids(self, messages, thinking=None, **kwargs) -> list[int]:
         return list(self._call(messages, thinking, tokenize=True, return_dict=True, **kwargs)["input_ids"])
 
-    def trained_spans(self, messages, thinking=None) -> list[list[int]]:
+    def trained_spans(self, messages, thinking=None, **kwargs) -> list[list[int]]:
         """Token ids of each contiguous run of the assistant mask (one run per trained assistant turn)."""
-        out = self._call(messages, thinking, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        out = self._call(messages, thinking, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                         **kwargs)
         pairs = zip(out["input_ids"], out["assistant_masks"])
         return [[i for i, _ in run] for masked, run in itertools.groupby(pairs, key=lambda p: p[1]) if masked]
 
@@ -148,8 +157,9 @@ def check_generation_markers(r: _Renderer) -> str | None:
     when this passes, and otherwise swaps in a stock template or refuses to train."""
     from trl.chat_template_utils import has_generation_markers
 
-    if not has_generation_markers(r.template):
-        return "no {% generation %} / {% endgeneration %} markers that TRL recognizes"
+    # TRL searches the raw text, so a marker inside a {# comment #} passes it and masks nothing.
+    if not has_generation_markers(JINJA_COMMENT_RE.sub("", r.template)):
+        return "no {% generation %} / {% endgeneration %} markers that TRL recognizes (outside comments)"
     return None
 
 
@@ -258,15 +268,16 @@ def check_mode_flags(r: _Renderer) -> str | None:
     return None
 
 
-# (system message with a flag, the same without it, the mode both ask for)
+# (system message with a flag, the same with the flag deleted, the mode both ask for). SmolLM3 deletes the
+# flag's text and strips trailing whitespace only, so a leading flag leaves its space behind.
 LEAK_CASES = [
-    (f"{SYSTEM} /think", SYSTEM, True), (f"/no_think {SYSTEM}", SYSTEM, False),
+    (f"{SYSTEM} /think", SYSTEM, True), (f"/no_think {SYSTEM}", f" {SYSTEM}", False),
     (f"{SYSTEM}\n/no_think", SYSTEM, False),
 ]
 
 
 def check_flag_not_leaked(r: _Renderer) -> str | None:
-    """A flag only switches the mode: the rendering equals the one without the flag (the kwarg agreeing),
+    """A flag only switches the mode: the rendering equals the one with the flag deleted (the kwarg agreeing),
     so the model never learns to read, or write, the user's flag."""
     for flagged, plain, thinking in LEAK_CASES:
         conversation = TURNS[:3]
@@ -310,13 +321,23 @@ def check_empty_think(r: _Renderer) -> str | None:
     return None
 
 
-def check_tool_turns(r: _Renderer) -> str | None:
-    """A conversation with a tool call and its result renders in both modes and keeps the tool's result."""
+def check_tool_calls(r: _Renderer) -> str | None:
+    """TRL's `supports_tool_calling` (tool name, arguments and result all rendered), and in both modes the
+    assistant's tool call is trained while the tool's result (the environment's text) is not."""
+    from trl.chat_template_utils import supports_tool_calling
+
+    tokenizer = copy.copy(r.tokenizer)
+    tokenizer.chat_template = r.template
+    if not supports_tool_calling(tokenizer):
+        return "TRL's supports_tool_calling: a tool call's name or arguments, or the tool's result, is not rendered"
+    call = TOOL_CALL["function"]
     for thinking in (True, False):
-        text = r.text(_system(SYSTEM) + TOOL_TURNS, thinking, tools=TOOLS)
-        r.text(_system(SYSTEM) + TOOL_TURNS[:3], thinking, tools=TOOLS, add_generation_prompt=True)  # must not raise
-        if TOOL_RESULT not in text:
-            return f"{_mode(thinking)}: the tool message's content is missing from the rendering"
+        spans = r.trained_spans(_system(SYSTEM) + TOOL_TURNS, thinking, xml_tools=TOOLS)
+        trained = [r.decode(span) for span in spans]
+        if not any(call["name"] in text and all(str(v) in text for v in call["arguments"].values()) for text in trained):
+            return f"{_mode(thinking)}: the assistant's tool call is not trained (trained: {_short(' | '.join(trained))})"
+        if any(TOOL_RESULT in text for text in trained):
+            return f"{_mode(thinking)}: the tool's result {TOOL_RESULT!r} is inside the assistant mask"
     return None
 
 
@@ -329,8 +350,72 @@ CHECKS = {
     "flag_not_leaked": check_flag_not_leaked,
     "special_tokens": check_special_tokens,
     "empty_think": check_empty_think,
-    "tool_turns": check_tool_turns,
+    "tool_calls": check_tool_calls,
 }
+
+
+# The conversations `--reference` renders: every system message shape, flag and kwarg, the assistant's reasoning
+# inline in its content (the form every copy of the SmolLM3 template reads), leading newlines, tool results.
+REFERENCE_SYSTEMS = [None, "", SYSTEM, f"{SYSTEM} /no_think", "/think", "/no_think", f"  {SYSTEM}\n/think\n",
+                     "/think /no_think both"]
+REFERENCE_CONVERSATIONS = [
+    [{"role": "user", "content": Q1}],
+    [{"role": "user", "content": Q1}, {"role": "assistant", "content": f"\n\n{A1}"}],
+    [{"role": "user", "content": Q1}, {"role": "assistant", "content": f"<think>\n{R1}\n</think>\n{A1}"},
+     {"role": "user", "content": Q2}, {"role": "assistant", "content": A2}],
+    [{"role": "user", "content": Q1}, {"role": "assistant", "content": ""},
+     {"role": "tool", "content": TOOL_RESULT}, {"role": "assistant", "content": A1}],
+]
+REFERENCE_KWARGS = [{}, {"custom_instructions": "Answer in French."}]
+# What SmolLM3's published template adds: tools in the system turn, and a system message taken verbatim.
+REFERENCE_TOOL_KWARGS = [{"xml_tools": TOOLS}, {"python_tools": ["def add(a: int, b: int) -> int: ..."]},
+                         {"xml_tools": TOOLS, "python_tools": ["def add(a: int, b: int) -> int: ..."]}]
+
+
+def _reads(template: str, name: str) -> bool:
+    return re.search(rf"\b{name}\b", template) is not None
+
+
+def reference_cases(reference: str) -> dict[str, list[tuple[str, list[dict], bool | None, dict]]]:
+    """(description, messages, enable_thinking, kwargs) per comparison: the core format, and tools if the reference reads them.
+    A reference that dates the system turn itself (`strftime_now`) is matched by passing today's date to ours
+    as the `today_date` kwarg."""
+    date = {"today_date": datetime.date.today().strftime("%d %B %Y")} if _reads(reference, "strftime_now") else {}
+    groups = {"reference": (REFERENCE_SYSTEMS, REFERENCE_KWARGS)}
+    if _reads(reference, "xml_tools") or _reads(reference, "python_tools"):
+        groups["reference_tools"] = ([*REFERENCE_SYSTEMS, "/system_override Reply in JSON."], REFERENCE_TOOL_KWARGS)
+    cases = {}
+    for group, (systems, kwargs_list) in groups.items():
+        cases[group] = [
+            (f"{_where(system, thinking)}, {len(conversation)} turns, add_generation_prompt={prompt}"
+             + "".join(f", {key}" for key in kwargs),
+             _system(system) + conversation, thinking,
+             {**kwargs, **date, "add_generation_prompt": prompt})
+            for system, conversation, thinking, kwargs, prompt in itertools.product(
+                systems, REFERENCE_CONVERSATIONS, (None, True, False), kwargs_list, (False, True))
+        ]
+    return cases
+
+
+def compare_with_reference(template: str, reference: str, tokenizer, name: str) -> list[CheckResult]:
+    """One result per group of `reference_cases`: byte-identical everywhere, or the count of renderings that
+    differ and a unified diff (reference first) of the first one."""
+    ours, theirs = _Renderer(template, tokenizer), _Renderer(reference, tokenizer)
+    results = []
+    for group, cases in reference_cases(reference).items():
+        differ = []
+        for where, messages, thinking, kwargs in cases:
+            want, got = theirs.text(messages, thinking, **kwargs), ours.text(messages, thinking, **kwargs)
+            if want != got:
+                differ.append((where, want, got))
+        if not differ:
+            results.append(CheckResult(group, True, f"{len(cases)} renderings identical to {name}"))
+            continue
+        where, want, got = differ[0]
+        diff = difflib.unified_diff(want.splitlines(), got.splitlines(), name, "checked template", lineterm="", n=1)
+        results.append(CheckResult(group, False, f"{len(differ)} of {len(cases)} renderings differ from {name}; "
+                                                 f"the first ({where}):\n" + "\n".join(diff)))
+    return results
 
 
 def check_template(template: str, tokenizer) -> list[CheckResult]:
@@ -366,6 +451,32 @@ def load_tokenizer(path: str | Path):
         raise UserError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
 
 
+def read_template(path: Path) -> str:
+    """A template file's text; an unreadable or empty file is a user error, not a check that passes."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such template file")
+    try:
+        template = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected a Jinja chat template)") from None
+    if not template.strip():
+        raise UserError(f"{path}: empty chat template")
+    return template
+
+
+def check_syntax(template: str, tokenizer, source: str) -> None:
+    """Compile the template as transformers does (the same Jinja environment TRL renders with); a syntax error
+    is reported with its line, before any check renders it."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": Q1}], chat_template=template, tokenize=False)
+    except TemplateSyntaxError as e:
+        raise UserError(f"{source}, line {e.lineno}: Jinja syntax error: {e.message}") from None
+    except Exception:  # a template that compiles but fails to render is for the checks to report
+        pass
+
+
 def load_target(path: str | Path, tokenizer_dir: str | Path | None = None) -> tuple[str, object]:
     """(template, tokenizer) for PATH: a tokenizer directory with its own template, or a template file with
     `tokenizer_dir` (default: `default_tokenizer()`)."""
@@ -377,16 +488,16 @@ def load_target(path: str | Path, tokenizer_dir: str | Path | None = None) -> tu
         template = tokenizer.chat_template
         if isinstance(template, dict):  # named variants: TRL trains with the default one
             template = template.get("default")
-        if not template:
+        if not template or not template.strip():
             raise UserError(f"{path}: the tokenizer has no chat template")
+        check_syntax(template, tokenizer, f"{path} (its chat template)")
         return template, tokenizer
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: no such template file or tokenizer directory")
-    try:
-        template = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file (expected a Jinja chat template)") from None
-    return template, load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else default_tokenizer()
+    template = read_template(path)
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else default_tokenizer()
+    check_syntax(template, tokenizer, str(path))
+    return template, tokenizer
 
 
 def main(argv: list[str]) -> int:
@@ -399,6 +510,13 @@ def main(argv: list[str]) -> int:
     (args,) = parse_recipe([CheckTemplateArgs], argv)
     template, tokenizer = load_target(args.path, args.tokenizer)
     results = check_template(template, tokenizer)
+    if args.reference is not None:
+        reference = read_template(Path(args.reference))
+        check_syntax(reference, tokenizer, args.reference)
+        results += compare_with_reference(template, reference, tokenizer, args.reference)
     for result in results:
-        print(f"PASS {result.name}" if result.passed else f"FAIL {result.name}: {result.detail}")
+        if result.passed:
+            print(f"PASS {result.name}" + (f" ({result.detail})" if result.detail else ""))
+        else:
+            print(f"FAIL {result.name}: {result.detail}")
     return 0 if all(result.passed for result in results) else 1

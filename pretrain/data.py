@@ -40,12 +40,13 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
+from posttrain.chat_template import with_default_instructions
 from posttrain.errors import UserError
 
 SOURCE_TYPES = ("text", "jsonl", "generator")
 SOURCE_KEYS = {"name", "type", "path", "field", "separator", "callable", "kwargs"}
 STAGE_KEYS = {"name", "tokens", "weights"}
-TOKENIZER_SPEC_KEYS = {"files", "vocab_size", "texts", "repeat_texts", "sources"}
+TOKENIZER_SPEC_KEYS = {"files", "vocab_size", "texts", "repeat_texts", "sources", "default_instructions"}
 ENCODE_BATCH = 1000  # documents per tokenizer call: batched in Rust, bounded memory
 STAMP_FILE = "pretrain_tokenizer_spec.json"  # in a trained tokenizer's directory: what it was trained from
 
@@ -59,7 +60,9 @@ class DataConfig:
             "help": "A tokenizer directory, or a spec to train a byte-level BPE into <output_dir>/tokenizer: "
             "{files: [text files], vocab_size: N, texts: [extra strings, e.g. a rendered chat-template sample], "
             "repeat_texts: N (BPE merges follow frequency: a sample seen once barely changes the vocabulary), "
-            "sources: [source names whose documents are added to the training text]}."
+            "sources: [source names whose documents are added to the training text], default_instructions: "
+            "{think: text, no_think: text} (the chat template's instructions when a conversation brings none; "
+            "unset: SmolLM3's, which a small vocabulary spells in hundreds of tokens)}."
         }
     )
     sources: list[dict] = field(
@@ -209,6 +212,7 @@ def check_tokenizer_spec(spec: dict, source_names: list[str]) -> None:
     for name in spec.get("sources", []):
         if name not in source_names:
             raise UserError(f"recipe key 'tokenizer': field 'sources' names unknown source {name!r}")
+    with_default_instructions(spec.get("default_instructions"))  # raises on a malformed mapping
 
 
 # ---------------------------------------------------------------- reading documents
@@ -412,7 +416,7 @@ def load_tokenizer(data: DataConfig, tokenizer_dir: Path):
     unchanged; None when the spec's tokenizer is still to be trained."""
     from transformers import AutoTokenizer
 
-    from posttrain.chat_template import SPECIAL_TOKENS, attach_template
+    from posttrain.chat_template import SPECIAL_TOKENS, attach_template, is_project_template
 
     if isinstance(data.tokenizer, str):
         tok = AutoTokenizer.from_pretrained(data.tokenizer)
@@ -424,7 +428,7 @@ def load_tokenizer(data: DataConfig, tokenizer_dir: Path):
                     f"{data.tokenizer}: recipe key 'tokenizer': {t!r} is not a single token; "
                     "build one with `pretrain tokenizer`"
                 )
-        return attach_template(tok)
+        return tok if is_project_template(tok.chat_template) else attach_template(tok)
     stamp_file = tokenizer_dir / STAMP_FILE
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == tokenizer_stamp(data):
         return AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -446,7 +450,8 @@ def prepare_tokenizer(data: DataConfig, tokenizer_dir: Path):
     texts += [doc for name in spec.get("sources", []) for doc in iter_documents(by_name[name])]
     tmp = tokenizer_dir.with_name(tokenizer_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    train_bpe(spec.get("files", []), spec["vocab_size"], tmp, texts=texts)
+    train_bpe(spec.get("files", []), spec["vocab_size"], tmp, texts=texts,
+              default_instructions=spec.get("default_instructions"))
     (tmp / STAMP_FILE).write_text(json.dumps(tokenizer_stamp(data), indent=1))
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     os.replace(tmp, tokenizer_dir)

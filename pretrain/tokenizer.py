@@ -26,9 +26,10 @@ CONTROL_TOKENS = [DOC_TOKEN, "<|im_start|>", "<|im_end|>", PAD_TOKEN]
 THINK_TOKENS = ["<think>", "</think>"]
 
 
-def _finish(tokenizer_object: Tokenizer, output_dir: str | Path, bos: str, pad: str) -> PreTrainedTokenizerFast:
+def _finish(tokenizer_object: Tokenizer, output_dir: str | Path, bos: str, pad: str,
+            default_instructions: dict | None = None) -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, bos_token=bos, pad_token=pad)
-    attach_template(tok)
+    attach_template(tok, default_instructions)
     tok.save_pretrained(output_dir)
     return tok
 
@@ -38,9 +39,11 @@ def bpe_size(vocab_size: int) -> int:
     return vocab_size + len(THINK_TOKENS)
 
 
-def train_bpe(files: Iterable[str | Path], vocab_size: int, output_dir: str | Path, texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def train_bpe(files: Iterable[str | Path], vocab_size: int, output_dir: str | Path, texts: Iterable[str] = (),
+              default_instructions: dict | None = None) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `files` (plus in-memory `texts`, e.g. rendered chat-template text so the
-    fixed system block compresses well) and save it with the hybrid template to `output_dir`."""
+    fixed system block compresses well) and save it with the hybrid template to `output_dir` (its default
+    instructions set to `default_instructions`, see `posttrain.chat_template.with_default_instructions`)."""
     files = [str(f) for f in files]
     for f in files:
         if not Path(f).is_file() or Path(f).stat().st_size == 0:
@@ -68,7 +71,7 @@ def train_bpe(files: Iterable[str | Path], vocab_size: int, output_dir: str | Pa
 
     tok.train_from_iterator(corpus(), trainer)
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in THINK_TOKENS])
-    return _finish(tok, output_dir, bos=DOC_TOKEN, pad=PAD_TOKEN)
+    return _finish(tok, output_dir, bos=DOC_TOKEN, pad=PAD_TOKEN, default_instructions=default_instructions)
 
 
 # Llama-3's pre-tokenization pattern and SmolLM3's use of its reserved special ids.

@@ -13,6 +13,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub and datasets at im
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The tiny recipes' choice (recipes/tiny/pretrain.yaml): SmolLM3's own /think instructions are hundreds of tokens
+# of a tiny vocabulary, more than a tiny row's whole max_length.
+TINY_INSTRUCTIONS = {"think": "Think step by step in <think> tags, then answer.", "no_think": "Answer directly."}
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +39,7 @@ def tiny_tokenizer_dir(tmp_path_factory, web_text) -> Path:
     from pretrain.tokenizer import train_bpe
 
     out = tmp_path_factory.mktemp("tiny_tokenizer")
-    train_bpe([web_text], vocab_size=512, output_dir=out)
+    train_bpe([web_text], vocab_size=512, output_dir=out, default_instructions=TINY_INSTRUCTIONS)
     return out
 
 

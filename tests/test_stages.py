@@ -219,6 +219,22 @@ def test_sft_checkpoint_loads_and_records_the_run(sft_checkpoint):
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
 
 
+def test_default_instructions_are_kept_from_the_checkpoint_unless_the_recipe_sets_them(tiny_model_dir, sft_checkpoint):
+    """The tiny tokenizer's template carries short default instructions (set when it was trained); a stage keeps
+    them, and a recipe's `default_instructions` replaces them in the saved template."""
+    from transformers import AutoTokenizer
+    from trl import ModelConfig
+
+    start = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    assert "Answer directly." in start and AutoTokenizer.from_pretrained(sft_checkpoint).chat_template == start
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir))
+    tokenizer, _ = stage.load_tokenizer(model_args, default_instructions={"no_think": "Reply at once."})
+    user = [{"role": "user", "content": "hi"}]
+    assert "Instructions\n\nReply at once.\n\n<|im_end|>" in tokenizer.apply_chat_template(
+        user, tokenize=False, enable_thinking=False)
+    assert "Answer directly." not in tokenizer.chat_template
+
+
 def test_dpo_learning_rate_is_a_tenth_of_the_sft_run(tmp_path, sft_checkpoint):
     pairs = [{"name": "arithmetic", "split": "train", "rows": 8, "levels": [1]}]
     dpo.main(_argv(tmp_path, "dpo", model_name_or_path=str(sft_checkpoint), datasets=pairs, loss_type="apo_zero"))
@@ -288,7 +304,8 @@ def test_lora_trains_the_embedding_rows_of_added_hybrid_tokens(tmp_path, chatml_
     LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
     sft.main(_argv(tmp_path, "lora", model_name_or_path=str(tmp_path / "m"), tokenizer_name_or_path=str(tokenizer_dir),
                    use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],
-                   learning_rate=1e-2, no_think_fraction=0.0))
+                   learning_rate=1e-2, no_think_fraction=0.0,
+                   default_instructions={"think": "Think first."}))  # SmolLM3's own outgrow max_length here
     model_args = ModelConfig(model_name_or_path=str(tmp_path / "m"))
     start = stage.load_model(model_args, *stage.load_tokenizer(model_args, str(tokenizer_dir)))  # mean-of-pieces init
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora", use_safetensors=True)

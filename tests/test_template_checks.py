@@ -2,45 +2,57 @@
 broken variant of it fails exactly that check, so no check is one that cannot fail. Each variant is the project
 template with a few edits, made here, so the variants follow the template as it changes."""
 
+import itertools
+import random
+from pathlib import Path
+
 import pytest
 
 from posttrain import cli
-from posttrain.chat_template import load_template
-from posttrain.template_checks import CHECKS, check_template, default_tokenizer
+from posttrain.chat_template import is_project_template, load_template, template_path, with_default_instructions
+from posttrain.errors import UserError
+from posttrain.template_checks import CHECKS, check_template, compare_with_reference, default_tokenizer
 
 # broken variant -> (the one check it fails, words its detail must contain, [(project template text, replacement)])
 BROKEN = {
     # markers written `{%+ generation %}`: transformers still masks, but TRL's has_generation_markers misses them,
     # so SFTTrainer(assistant_only_loss=True) swaps the template out (the doc comment's marker goes too)
     "generation_markers": ("generation_markers", "TRL recognizes", [
-        ("{% generation %} wraps", "The generation block wraps"), ("{%- generation -%}", "{%+ generation -%}")]),
+        ("{% generation %} marks", "The generation block marks"), ("{%- generation -%}", "{%+ generation -%}")]),
     # {% generation %} opens before the role header: `<|im_start|>assistant` (and the empty think block) are trained
     "assistant_mask": ("assistant_mask", "trained text is '<|im_start|>assistant", [
-        ("{%- generation -%}\n", ""), ('"assistant" -%}\n<|im_start|>', '"assistant" -%}\n{%- generation -%}<|im_start|>')]),
+        ("{%- generation -%}\n", ""),
+        ('"assistant" -%}\n<|im_start|>', '"assistant" -%}\n{%- generation -%}<|im_start|>')]),
     # assistant turns end with <|endoftext|>, not the tokenizer's eos <|im_end|>: generation never stops
     "eos_trained": ("eos_trained", "end with '<|endoftext|>'", [
         ("<|im_end|>\n{%- endgeneration", "<|endoftext|>\n{%- endgeneration")]),
     # the generation prompt's header has a blank line the rendered turns lack: not a text prefix
     "prefix": ("prefix", "not a text prefix", [
-        ("{%- if add_generation_prompt -%}\n<|im_start|>assistant\n", "{%- if add_generation_prompt -%}\n<|im_start|>assistant\n\n")]),
+        ("{%- if add_generation_prompt -%}\n<|im_start|>assistant\n",
+         "{%- if add_generation_prompt -%}\n<|im_start|>assistant\n\n")]),
     # /think turns put a blank line after the role header and the generation prompt does not: still a text
     # prefix, but the prompt ends in a `\n` token where the answer has one `\n\n` token
     "prefix_tokens": ("prefix", "a text prefix but not a token prefix", [
         ("</think>\n{% endif -%}\n{%- generation", '</think>\n{% else %}{{ "\\n" }}{% endif -%}\n{%- generation')]),
     # a system flag is read only when enable_thinking is unset: the kwarg wins over the flag
     "mode_flags": ("mode_flags", "renders /no_think, expected /think", [
-        ('{%- if "/no_think" in system_text', '{%- if enable_thinking is defined -%}{%- elif "/no_think" in system_text')]),
+        ('{%- if "/no_think" in state.system', '{%- if enable_thinking is defined -%}{%- elif "/no_think" in state.system')]),
     # the flag switches the mode but stays in the rendered system instructions
     "flag_not_leaked": ("flag_not_leaked", "renders differently", [
-        ('system_text | replace("/no_think", "") | replace("/think", "") | trim', "system_text | trim")]),
+        ('state.system.replace("/no_think", "").replace("/think", "").rstrip()', "state.system.rstrip()")]),
     # the system turn uses Llama-3 headers, which this vocabulary spells in bytes
     "special_tokens": ("special_tokens", "not in the tokenizer's vocabulary", [
         ("<|im_start|>system\n", "<|start_header_id|>system<|end_header_id|>\n")]),
     # /no_think turns and the generation prompt write `<think></think>` instead of the empty block
     "empty_think": ("empty_think", "<think></think>", [("<think>\n\n</think>\n{% endif", "<think></think>\n{% endif")]),
-    # no branch for tool messages: the template raises on them
-    "tool_turns": ("tool_turns", "unsupported role: tool", [
-        ("<tool_response>\n{{ text(message.content) }}", '{{ raise_exception("unsupported role: tool") }}')]),
+    # assistant tool calls are dropped (the basic Llama-3 template's bug): TRL's supports_tool_calling says so
+    "tool_calls": ("tool_calls", "supports_tool_calling", [
+        ("{%- for call in message.tool_calls or [] -%}", "{%- for call in [] -%}")]),
+    # a tool's result is rendered inside a generation block: the model would be trained to write it
+    "tool_results_trained": ("tool_calls", "result 'tool says 42' is inside the assistant mask", [
+        ('<|im_start|>user\n{{ text(message.content) }}<|im_end|>',
+         '<|im_start|>user\n{% if message.role == "tool" %}{% generation %}{{ text(message.content) }}'
+         '{% endgeneration %}{% else %}{{ text(message.content) }}{% endif %}<|im_end|>')]),
 }
 
 
@@ -123,6 +135,7 @@ def test_cli_exit_codes(tiny_tokenizer_dir, tmp_path, capsys):
         (["no/such.jinja"], "no/such.jinja: no such template file or tokenizer directory"),
         (["{template}", "--tokenizer", "no/such_dir"], "no/such_dir: no such tokenizer directory"),
         (["{tokenizer}", "--tokenizer", "{tokenizer}"], "--tokenizer applies to a template file"),
+        (["{template}", "--reference", "no/such.jinja"], "no/such.jinja: no such template file"),
         ([], "missing required recipe key 'path'"),
     ],
 )
@@ -136,26 +149,148 @@ def test_cli_user_errors_are_one_line(argv, message, tiny_tokenizer_dir, tmp_pat
     assert message in err
 
 
-def test_project_template_renders_the_smollm3_format(tokenizer):
-    """The whole rendering, character for character: the metadata block (dates from kwargs), the mode line, the
-    user's instructions with the flag removed (or the mode's default), ChatML turns, the empty think block."""
-    conversation = [{"role": "system", "content": "Be brief. /no_think"}, {"role": "user", "content": "2+2?"},
-                    {"role": "assistant", "content": "4"}]
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, knowledge_cutoff="May 2025",
-                                         today_date="02 March 2026")
-    assert text == (
-        "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: May 2025\nToday Date: 02 March 2026\n"
-        "Reasoning Mode: /no_think\n\n## Custom Instructions\n\nBe brief.<|im_end|>\n"
-        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n4<|im_end|>\n"
+# ------------------------------------------------------------------------------------- SmolLM3 fidelity
+
+
+def served(fixtures) -> Path:
+    return fixtures / "templates" / "smollm3_served.jinja"
+
+
+def published(fixtures) -> Path:
+    return fixtures / "templates" / "smollm3_published.jinja"
+
+
+def random_conversation(rng: random.Random) -> tuple[list[dict], dict]:
+    """A conversation as a user might send one: a system message or none, flags anywhere in it, stray whitespace
+    and newlines, several turns, reasoning inline, tool results, the kwargs in any combination."""
+    words = ["Be brief.", "Answer in French.", "You are a tutor.", "/think", "/no_think", "\n", "  ", "x"]
+    messages = []
+    if rng.random() < 0.7:
+        messages.append({"role": "system", "content": "".join(rng.choices(words, k=rng.randint(0, 5)))})
+    for _ in range(rng.randint(1, 3)):
+        messages.append({"role": "user", "content": rng.choice(["hi", "2+2?", "\nWhat is 12+30?", "a\n\nb "])})
+        if rng.random() < 0.2:
+            messages += [{"role": "assistant", "content": ""}, {"role": "tool", "content": rng.choice(["42", "{}"])}]
+        reply = rng.choice(["4", "\n\n4", "<think>\n2+2=4\n</think>\n4", "\n<think>\n\n</think>\n4", " 4 \n"])
+        messages.append({"role": "assistant", "content": reply})
+    if rng.random() < 0.5:
+        messages.pop()  # ends on a user (or tool) turn
+    kwargs = {"add_generation_prompt": rng.random() < 0.5}
+    if rng.random() < 0.7:
+        kwargs["enable_thinking"] = rng.random() < 0.5
+    if rng.random() < 0.3:
+        kwargs["custom_instructions"] = rng.choice(["Use SI units.", "", "Be kind.\n"])
+    return messages, kwargs
+
+
+def test_renders_byte_identical_to_smollm3_as_served(tokenizer, fixtures):
+    """The llama.cpp copy of SmolLM3-3B's template (what llama.cpp, vLLM and Ollama serve): identical on the fixed
+    set check-template compares and on 500 random conversations."""
+    reference = served(fixtures).read_text()
+    results = compare_with_reference(load_template(), reference, tokenizer, "served")
+    assert [(r.name, r.passed) for r in results] == [("reference", True)], results
+    rng = random.Random(0)
+    for _ in range(500):
+        messages, kwargs = random_conversation(rng)
+        ours = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        assert ours == tokenizer.apply_chat_template(messages, chat_template=reference, tokenize=False, **kwargs), (
+            messages, kwargs)
+
+
+def test_tools_section_matches_smollm3_as_published(tokenizer, fixtures):
+    """SmolLM3-3B's tokenizer-config template: identical wherever tools or /system_override are used; elsewhere
+    it differs by exactly its quirk (the system turn left open when there are no tools), which ours does not copy."""
+    results = {r.name: r for r in compare_with_reference(load_template(), published(fixtures).read_text(),
+                                                         tokenizer, "published")}
+    assert results["reference_tools"].passed, results["reference_tools"].detail
+    diff = results["reference"].detail.splitlines()
+    assert diff[0].startswith("384 of 384 renderings differ")
+    assert [line for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---"))] == ["+<|im_end|>"]
+
+
+def test_tool_calls_render_in_smollm3_format_and_are_trained(tokenizer):
+    """An assistant's calls are written as the tools section asks the model to write them, inside the mask; the
+    tool's result comes back as a user turn, outside it."""
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"a": "int", "b": "int"}}}]
+    messages = [
+        {"role": "user", "content": "12+30?"},
+        {"role": "assistant", "content": "Adding.", "tool_calls": [
+            {"type": "function", "function": {"name": "add", "arguments": {"a": 12, "b": 30}}},
+            {"name": "add", "arguments": '{"a": 1, "b": 2}'}]},
+        {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": "42"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, xml_tools=tools, enable_thinking=False)
+    assert "<tools>\n" + str(tools[0]) + "\n</tools>" in text
+    assert text.endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\nAdding.\n<tool_call>\n"
+        '{"name": "add", "arguments": {"a": 12, "b": 30}}\n</tool_call>\n<tool_call>\n'
+        '{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n42<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n42<|im_end|>\n"
     )
-    think = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "2+2=4"}]
-    assert tokenizer.apply_chat_template(think, tokenize=False) == (
-        "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nToday Date: 01 January 2026\n"
-        "Reasoning Mode: /think\n\n## Custom Instructions\n\nThink step by step in <think> tags, then answer.<|im_end|>\n"
-        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n2+2=4\n</think>\n4<|im_end|>\n"
-    )
-    # content as a list of parts (the multimodal message format): the text parts, and the flag still counts
-    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief. /no_think"}]},
-             {"role": "user", "content": [{"type": "text", "text": "2+2?"}]}, {"role": "assistant", "content": "4"}]
-    assert tokenizer.apply_chat_template(parts, tokenize=False, knowledge_cutoff="May 2025",
-                                         today_date="02 March 2026") == text
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                        xml_tools=tools, enable_thinking=False)
+    runs = itertools.groupby(zip(out["input_ids"], out["assistant_masks"]), key=lambda p: p[1])
+    trained = [tokenizer.decode([i for i, _ in run]) for masked, run in runs if masked]
+    assert trained == [
+        'Adding.\n<tool_call>\n{"name": "add", "arguments": {"a": 12, "b": 30}}\n</tool_call>\n<tool_call>\n'
+        '{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call><|im_end|>',
+        "42<|im_end|>",
+    ]
+
+
+def test_default_instructions_are_a_recipe_choice(tokenizer):
+    """Short instructions for a tiny vocabulary change that text only; the format stays SmolLM3's."""
+    template = with_default_instructions({"think": "Think first."})
+    assert is_project_template(template) and is_project_template(load_template())
+    user = [{"role": "user", "content": "hi"}]
+    think = tokenizer.apply_chat_template(user, chat_template=template, tokenize=False)
+    assert "## Custom Instructions\n\nThink first.\n\n<|im_end|>\n" in think
+    no_think = tokenizer.apply_chat_template(user, chat_template=template, tokenize=False, enable_thinking=False)
+    assert no_think == tokenizer.apply_chat_template(user, chat_template=load_template(), tokenize=False,
+                                                      enable_thinking=False)
+    # a system message's instructions still win over the defaults
+    system = [{"role": "system", "content": "Be brief."}, *user]
+    assert "Think first." not in tokenizer.apply_chat_template(system, chat_template=template, tokenize=False)
+    with pytest.raises(UserError, match="recipe key 'default_instructions'"):
+        with_default_instructions({"thinking": "Think first."})
+
+
+def test_cli_reference_passes_the_served_template_and_diffs_the_published(tiny_tokenizer_dir, fixtures, capsys):
+    code, out, _ = run_cli(["check-template", str(template_path()), "--reference",
+                            str(served(fixtures))], capsys)
+    assert code == 0
+    assert out.splitlines()[-1] == f"PASS reference (384 renderings identical to {served(fixtures)})"
+    code, out, _ = run_cli(["check-template", str(tiny_tokenizer_dir), "--reference", str(published(fixtures))],
+                           capsys)
+    assert code == 1
+    assert f"FAIL reference: 384 of 384 renderings differ from {published(fixtures)}; the first (" in out
+    assert "\n+<|im_end|>\n" in out
+    assert "PASS reference_tools (" not in out  # the tiny tokenizer's own instructions differ from SmolLM3's
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty chat template"),
+        ("  \n", "empty chat template"),
+        ("{% for m in messages %}\n{{ m.content }}\n{% endfor\n", "line 3: Jinja syntax error"),
+        ("{% if x %}{{ y }}", "line 1: Jinja syntax error: Unexpected end of template"),
+    ],
+)
+def test_cli_refuses_an_empty_or_unparsable_template(text, message, tmp_path, capsys):
+    template = tmp_path / "t.jinja"
+    template.write_text(text)
+    code, out, err = run_cli(["check-template", str(template)], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {template}") and err.count("\n") == 1
+    assert message in err
+
+
+def test_markers_only_in_a_comment_fail_generation_markers(tokenizer):
+    """A template whose only `{% generation %}` is inside a comment: TRL's text search finds it, yet nothing is
+    masked. The check looks outside comments."""
+    template = load_template().replace("{%- generation -%}", "").replace("{%- endgeneration %}", "")
+    assert "{% generation %}" in template  # (in the header comment)
+    failed = failures(check_template(template, tokenizer))
+    assert "generation_markers" in failed and "assistant_mask" in failed
