@@ -4,13 +4,15 @@ Why not TRL's `accuracy_reward`: it parses the whole completion, so an answer th
 `<think>…</think>` scores 1 and RL learns to hide answers in the reasoning; and it calls math-verify in the
 trainer process, where `signal.alarm` timeouts need the main thread and a stuck parse stalls training. Here the
 answer is cut out of the completion first (cheap, linear, in the trainer process), and only the short
-candidate goes to math-verify in a `BoundedPool` (see `rewards.pool`), with math-verify's own integer
-timeouts per call and a hard wall-clock bound per batch.
+candidate goes to math-verify in a `BoundedPool` (see `rewards.pool`), under a wall-clock deadline per batch.
 
 A batch is verified in two passes so that a few hostile completions cannot starve the rest: first every item
-with a small CPU budget (FAST_CPU_S, ~10x a normal parse + verify), then, in the time left of the batch's
-bound, the items that ran over it, with math-verify's full timeout. Without that, each `9^{9^{9^{9}}}` holds a
-worker for the whole timeout, and a batch with a few dozen of them scores nearly every row 0 at its deadline.
+with a small CPU budget (FAST_CPU_S, ~10x a normal parse + verify), then, until the batch's deadline, the items
+that ran over it, each for at most `timeout` seconds. Without that, each `9^{9^{9^{9}}}` holds a worker for the
+whole timeout, and a batch with a few dozen of them scores nearly every row 0 at its deadline. The workers cut
+items with their own timers (`verify_fast`, `verify_until`), not math-verify's per-call alarms: an item makes
+up to three such calls (gold, parse, verify), so a batch of hostile rows used to run for several timeouts past
+its bound (6.1 s for 4 of them at timeout 3 s, 24 s for 16), and its workers stayed busy into the next batch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import signal
 import threading
 import time
 
-from math_verify import LatexExtractionConfig, parse, verify
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
 
 from rewards.format import THINK_CLOSE, THINK_OPEN, column, completion_text
@@ -38,14 +40,17 @@ _BOXED_TRIES = 4  # how many trailing \boxed occurrences to try when the last on
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _BRACE = re.compile(r"[{}]")
-# ASCII digits on purpose: the gold answers are ASCII, and a digit-lookalike is not the answer.
-_NUMBER = re.compile(r"(?<![0-9.,])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?:/[0-9]+)?(?![0-9])")
-# Default normalization: `units=True` (as in TRL) turns `\sqrt 2` into nothing parseable.
-_PRED_CONFIG = [LatexExtractionConfig(boxed_match_priority=0)]
+# Boxes first; else math-verify reads the answer text as it would (LaTeX in delimiters, then plain numbers and
+# expressions, the rightmost match first). Default normalization: `units=True` (as in TRL) turns `\sqrt 2` into
+# nothing parseable.
+_PRED_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
 FAST_CPU_S = 0.02  # first-pass CPU budget per item; a normal parse + verify takes 1-2 ms
 NO_RESULT = "no result"  # the pool's value for an item without a result by the deadline (or whose worker died)
 OVER_BUDGET = "over budget"  # a first-pass item that ran past FAST_CPU_S; it goes to the second pass
+# A worker still busy this long past its batch's deadline, which its own timer enforces, is stuck in C code (a
+# big-int power ignores signals until it returns): the pool kills and replaces it.
+STUCK_AFTER_S = 1.0
 
 
 def answer_part(text: str) -> str:
@@ -62,31 +67,43 @@ def answer_part(text: str) -> str:
 
 
 def _boxed_content(text: str) -> str | None:
-    """Content of the last balanced `\\boxed{...}` (trying the last few), or None."""
-    starts = [m.end() for m in _BOXED.finditer(text)][-_BOXED_TRIES:]
-    for start in reversed(starts):
-        depth = 1
-        for brace in _BRACE.finditer(text, start):
+    """Content of the last balanced `\\boxed{...}` anywhere in `text` (trying the last few), None if there is
+    none, "" if that box holds more than MAX_ANSWER_CHARS. Linear and bounded: `rfind` from the end, then a brace
+    scan of at most MAX_ANSWER_CHARS + 1 characters per box, so a megabyte of hostile braces costs nothing."""
+    end = len(text)
+    for _ in range(_BOXED_TRIES):
+        end = text.rfind("\\boxed", 0, end)
+        if end < 0:
+            return None
+        opening = _BOXED.match(text, end)
+        if opening is None:  # `\boxed` without a brace: not an answer
+            continue
+        start, depth = opening.end(), 1
+        stop = start + MAX_ANSWER_CHARS + 1
+        for brace in _BRACE.finditer(text, start, stop):
             depth += 1 if brace.group() == "{" else -1
             if depth == 0:
                 return text[start : brace.start()].strip() or None
+        if len(text) >= stop:  # not closed within the cap: too long to be a final answer
+            return ""
     return None
 
 
 def extract_answer(text: str) -> str | None:
-    """The candidate final answer as a `\\boxed{...}` string for math-verify, or None if there is none.
+    """The candidate final answer for math-verify, or None if there is none.
 
-    Prefers the last balanced `\\boxed{}` after the think block, else the last number there (thousands
-    commas dropped: "1,234" -> 1234); both searched in the last ANSWER_TAIL_CHARS characters only, which
-    keeps the cost bounded on megabyte outputs (a final answer sits at the end).
+    The last balanced `\\boxed{}` after the think block, wherever it is (a long check written after it does
+    not hide it), as a `\\boxed{...}` string; else the last ANSWER_TAIL_CHARS characters after the think block,
+    which math-verify's own extraction reads (`$2^{10}$` is 1024 there, not the 10 a digit regex would find).
+    A Unicode minus (U+2212) becomes "-", which math-verify does not know. A box longer than MAX_ANSWER_CHARS
+    scores 0 without reaching math-verify.
     """
-    tail = answer_part(text)[-ANSWER_TAIL_CHARS:]
-    if "\\boxed" in tail:
-        content = _boxed_content(tail)
-        if content is not None:
-            return f"\\boxed{{{content}}}" if len(content) <= MAX_ANSWER_CHARS else None
-    numbers = _NUMBER.findall(tail)
-    return f"\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else None
+    answer = answer_part(text)
+    content = _boxed_content(answer)
+    if content == "":
+        return None
+    candidate = f"\\boxed{{{content}}}" if content is not None else answer[-ANSWER_TAIL_CHARS:]
+    return candidate.replace("\u2212", "-") if candidate.strip() else None
 
 
 def gold_text(gold) -> str | None:
@@ -104,7 +121,8 @@ def gold_text(gold) -> str | None:
 @functools.lru_cache(maxsize=4096)
 def _parse_gold(gold: str, timeout: int | None) -> list:
     """The parsed gold, [] when it does not parse, raises or times out: a gold is never the completion's fault,
-    so it must not turn into a 0 (failures are cached too, so a hostile gold costs one timeout per worker)."""
+    so it must not turn into a 0 (failures are cached too; a parse cut by a worker's timer is not, so the rows
+    of a gold that takes seconds to parse time out in every batch)."""
     # Bare LaTeX like `\sqrt{2}` is only found inside math delimiters; numbers parse either way.
     latex = gold if ("$" in gold or "\\boxed" in gold) else f"${gold}$"
     try:
@@ -128,62 +146,83 @@ def verify_one(gold: str, candidate: str | None, timeout: int | None) -> float |
         return 0.0
 
 
-class _OverBudget(BaseException):
-    """Raised by the SIGPROF handler. Not an Exception, so math-verify's and sympy's `except Exception` let it by."""
+class _Cut(BaseException):
+    """Raised by the timer's signal handler. Not an Exception, so math-verify's and sympy's `except Exception` let
+    it by."""
 
 
-def _over_budget(signum, frame):
-    raise _OverBudget
+def _cut(signum, frame):
+    raise _Cut
+
+
+def _bounded(timer: int, signum: int, seconds: float, gold: str, candidate: str | None, cut_value):
+    """`verify_one` with math-verify's alarms off, cut after `seconds` of `timer` (`cut_value` then). For pool
+    workers: a signal handler needs the main thread. math-verify's alarms must stay off: each one resets the
+    process's single alarm timer, which would cancel ITIMER_REAL, and one cut short by this exception could fire
+    later, outside it."""
+    signal.signal(signum, _cut)
+    try:
+        try:
+            signal.setitimer(timer, seconds)
+            return verify_one(gold, candidate, None)
+        finally:
+            signal.setitimer(timer, 0)
+    except _Cut:  # also when it fires just as the call returns: the item merely counts as cut
+        return cut_value
 
 
 def verify_fast(gold: str, candidate: str | None) -> float | str | None:
-    """`verify_one` within FAST_CPU_S of CPU time, else OVER_BUDGET. For pool workers (a signal handler needs the
-    main thread). A CPU timer, not a wall-clock one, so a loaded machine does not push normal items over, and
-    math-verify's alarms are off meanwhile (an alarm cut short by this exception could fire later, outside it)."""
-    signal.signal(signal.SIGPROF, _over_budget)
-    try:
-        try:
-            signal.setitimer(signal.ITIMER_PROF, FAST_CPU_S)
-            return verify_one(gold, candidate, None)
-        finally:
-            signal.setitimer(signal.ITIMER_PROF, 0)
-    except _OverBudget:  # also when it fires just as the call returns: the item is merely verified again
-        return OVER_BUDGET
+    """First pass: `verify_one` within FAST_CPU_S of CPU time, else OVER_BUDGET. A CPU timer, not a wall-clock
+    one, so a loaded machine does not push normal items over."""
+    return _bounded(signal.ITIMER_PROF, signal.SIGPROF, FAST_CPU_S, gold, candidate, OVER_BUDGET)
+
+
+def verify_until(gold: str, candidate: str | None, timeout: int, deadline: float) -> float | str | None:
+    """Second pass: `verify_one` for at most `timeout` wall-clock seconds and never past `deadline` (the batch's,
+    on `time.monotonic`, which is system-wide), else NO_RESULT. The worker frees itself at the deadline, so it is
+    ready for the next batch instead of finishing math-verify's per-call alarms (up to three of them) first."""
+    seconds = min(timeout, deadline - time.monotonic())
+    if seconds <= 0:
+        return NO_RESULT
+    return _bounded(signal.ITIMER_REAL, signal.SIGALRM, seconds, gold, candidate, NO_RESULT)
 
 
 def warm_up() -> None:
     """One parse + verify, run by each pool worker before it reports ready: math-verify's first call pays for
     lazy imports and parser set-up (0.1-0.5 s), which would otherwise eat into a batch's bound."""
-    verify_one("\\frac{1}{2}", "\\boxed{0.5}", 5)
+    verify_one("\\frac{1}{2}", "\\boxed{0.5}", None)
 
 
 def check_params(workers, timeout, batch_timeout) -> tuple[int, int, float]:
-    """Validated scoring params. `timeout` must be whole seconds: math-verify passes it to `signal.alarm`, and
-    a float there silently scores correct answers 0."""
+    """Validated scoring params (`batch_timeout=None` means `timeout`). `timeout` must be whole seconds:
+    math-verify passes it to `signal.alarm`, and a float there silently scores correct answers 0."""
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
         raise ValueError(
             f"timeout must be an integer number of seconds >= 1 (math-verify uses signal.alarm), got {timeout!r}"
         )
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0 (0: score in this process), got {workers!r}")
-    if not (isinstance(batch_timeout, (int, float)) and math.isfinite(batch_timeout) and batch_timeout > 0):
+    if batch_timeout is None:
+        batch_timeout = timeout
+    if isinstance(batch_timeout, bool) or not (
+        isinstance(batch_timeout, (int, float)) and math.isfinite(batch_timeout) and batch_timeout > 0
+    ):
         raise ValueError(f"batch_timeout must be a finite number of seconds > 0, got {batch_timeout!r}")
     return workers, timeout, float(batch_timeout)
 
 
 def _verify(args: list[tuple], workers: int, timeout: int, batch_timeout: float) -> list | None:
-    """`verify_one(gold, candidate, timeout)` per item (NO_RESULT where none came in time), or None when nothing
-    can be verified with a bound: no pool, and not on the main thread, where math-verify's alarms cannot work."""
+    """`verify_one(gold, candidate, timeout)` per item (NO_RESULT where none came by the batch's deadline), or None
+    when nothing can be verified with a bound: no pool, and not on the main thread, where math-verify's alarms
+    cannot work."""
     pool = get_pool(workers) if workers > 0 and args else None
     if pool is not None and pool.start():
         deadline = time.monotonic() + batch_timeout
-        # A worker busy this long past the deadline is not in math-verify's alarms (gold, parse, verify) any more.
-        stuck_after = 3 * timeout + 2
-        values = pool.map(verify_fast, args, batch_timeout, NO_RESULT, stuck_after)
+        values = pool.map(verify_fast, args, batch_timeout, NO_RESULT, STUCK_AFTER_S)
         slow = [i for i, v in enumerate(values or []) if v == OVER_BUDGET]
         left = deadline - time.monotonic()
         if slow and left > 0:
-            again = pool.map(verify_one, [(*args[i], timeout) for i in slow], left, NO_RESULT, stuck_after)
+            again = pool.map(verify_until, [(*args[i], timeout, deadline) for i in slow], left, NO_RESULT, STUCK_AFTER_S)
             for i, v in zip(slow, again or []):
                 values[i] = v
         if values is not None:
@@ -198,8 +237,8 @@ def score(
 ) -> list[float | None]:
     """1.0 / 0.0 per completion (None where the gold does not parse); the shared core of the accuracy rewards.
 
-    `workers` >= 1 uses the process pool: math-verify's `timeout` per parse / verify call, and at most about
-    `batch_timeout` seconds for the whole batch (rows without a result by then score 0). `workers=0` runs in
+    `workers` >= 1 uses the process pool: at most `timeout` seconds per row, and the whole batch returns within
+    about `batch_timeout` seconds, whatever it holds (rows without a result by then score 0). `workers=0` runs in
     this process (debugging): with `timeout` on the main thread and no batch bound; off the main thread nothing
     can bound math-verify, so rows get None. Each distinct gold is also checked on its own, ahead of the rows,
     so a row that times out still gets None when its gold does not parse.
@@ -252,16 +291,19 @@ class Accuracy:
 
     Reads the gold answer from the `answer` column (`answer_column` to change it): LaTeX (`\\frac{1}{2}`),
     a number (`72`, `1,234`) or a `\\boxed{}` string. The completion's answer is the last `\\boxed{}` after the
-    think block, else the last number there; an answer only inside `<think>…</think>` scores 0. A gold
+    think block, else what math-verify reads at the end of the text there (`$2^{10}$`, `1/2`, `-7`); an answer
+    only inside `<think>…</think>` scores 0. A gold
     answer that does not parse gives None for its row (TRL skips it); those rows and the rows that timed out
     are counted per batch (a warning, and metrics through TRL's `log_metric`; see `score`).
 
-    Params: `workers` (pool processes; 0 = in-process, for debugging), `timeout` (integer seconds per
-    math-verify call), `batch_timeout` (wall-clock seconds per batch; must exceed the normal time of a batch,
-    ~1.5 ms per completion / workers).
+    Params: `workers` (pool processes; 0 = in-process, for debugging), `timeout` (integer seconds per row),
+    `batch_timeout` (the wall-clock deadline of a batch, default `timeout`; must exceed the normal time of a
+    batch, ~1.5 ms per completion / workers: scoring thousands of rows at once, as evaluation does, needs more).
     """
 
-    def __init__(self, workers: int = 2, timeout: int = 3, batch_timeout: float = 30.0, answer_column: str = "answer"):
+    def __init__(
+        self, workers: int = 2, timeout: int = 3, batch_timeout: float | None = None, answer_column: str = "answer"
+    ):
         self.workers, self.timeout, self.batch_timeout = check_params(workers, timeout, batch_timeout)
         self.answer_column = answer_column
         self.__name__ = "accuracy"

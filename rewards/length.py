@@ -94,7 +94,7 @@ class CosineAccuracy:
         max_wrong: float = -0.5,
         workers: int = 2,
         timeout: int = 3,
-        batch_timeout: float = 30.0,
+        batch_timeout: float | None = None,
         answer_column: str = "answer",
         chars_per_token: float = CHARS_PER_TOKEN,
     ):

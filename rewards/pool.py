@@ -3,9 +3,9 @@
 Why not `concurrent.futures.ProcessPoolExecutor`: it can neither abandon nor kill one task. Here each worker
 sends its results as it goes (at least every FLUSH_S seconds), so at a batch's deadline the unfinished items are
 known: they get the default value and the call returns. The workers that held them are told to drop the rest
-of their chunk; math-verify's own `signal.alarm` timeouts free them within seconds, and they rejoin warm. Only a
-worker still busy `stuck_after` seconds past the deadline (stuck in C code, where Python cannot deliver the
-alarm) is killed and replaced. Workers die with the trainer: a SIGKILLed trainer runs no clean-up, and a worker
+of their chunk; the function's own timers free them (`rewards.accuracy` cuts each item at the batch's
+deadline), and they rejoin warm. Only a worker still busy `stuck_after` seconds past the deadline (stuck in C
+code, where Python cannot deliver a signal) is killed and replaced. Workers die with the trainer: a SIGKILLed trainer runs no clean-up, and a worker
 stuck in C code would otherwise outlive it (see `_bind_to_parent`).
 
 Why workers are fresh interpreters (`subprocess` running `python -c`) and not `multiprocessing` processes: a
@@ -240,7 +240,7 @@ class BoundedPool:
             todo.appendleft(chunk)
             self._replace(w)
 
-    def _drain(self, w: _Worker, batch: int, values: list) -> None:
+    def _drain(self, w: _Worker, batch: int | None, values: list) -> None:
         """Read everything `w` has sent so far; results of an earlier (abandoned) batch are dropped."""
         while True:
             try:
@@ -261,7 +261,10 @@ class BoundedPool:
 
     def _reap(self, now: float) -> None:
         for w in list(self._workers):
-            if w.kill_at is not None and now >= w.kill_at:
+            if w.kill_at is not None and now >= w.kill_at and w.conn.poll():
+                # Its "done" may be waiting unread since the last batch: it finished in time, it is not stuck.
+                self._drain(w, None, [])
+            if w in self._workers and w.kill_at is not None and now >= w.kill_at:
                 logger.warning("rewards: a verify worker stayed busy past its batch (stuck in C code?); replaced")
                 self._replace(w)
 

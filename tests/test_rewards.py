@@ -255,7 +255,7 @@ def test_extraction_is_bounded_on_megabyte_outputs():
     text = "<think>\n" + "9" * 1_000_000 + "\n</think>\n" + "\\boxed{" * 200_000 + "\\boxed{42}"
     start = time.perf_counter()
     assert extract_answer(text) == "\\boxed{42}"
-    assert extract_answer("x" * 1_000_000 + "{" * 1_000_000) is None
+    assert extract_answer("x" * 1_000_000 + "{" * 1_000_000) == "{" * rewards.accuracy.ANSWER_TAIL_CHARS  # the tail only
     assert time.perf_counter() - start < 1.0
 
 
