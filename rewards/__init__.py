@@ -22,6 +22,7 @@ import inspect
 from rewards.accuracy import Accuracy
 from rewards.format import ModeFormat
 from rewards.length import CosineAccuracy, LengthBudget, SoftOverlong
+from rewards.open_r1 import ReasoningSteps, RepetitionPenalty, TagCount
 
 # Name -> factory: `REWARDS[name](**params)` builds the reward (`get_reward` also checks the params).
 REWARDS: dict[str, type] = {
@@ -31,6 +32,10 @@ REWARDS: dict[str, type] = {
     "soft_overlong": SoftOverlong,
     "cosine_accuracy": CosineAccuracy,
     "length_budget": LengthBudget,
+    # open-r1's shaping rewards, for the hybrid format (rewards/open_r1.py)
+    "repetition_penalty": RepetitionPenalty,
+    "tag_count": TagCount,
+    "reasoning_steps": ReasoningSteps,
 }
 
 
@@ -64,4 +69,7 @@ __all__ = [
     "SoftOverlong",
     "CosineAccuracy",
     "LengthBudget",
+    "RepetitionPenalty",
+    "TagCount",
+    "ReasoningSteps",
 ]

@@ -68,6 +68,50 @@ def test_comma_numbers_and_the_last_number_fallback(accuracy):
     assert accuracy(["It is 72.", "It is 72."], answer=[72, "72"]) == [1.0, 1.0]  # int gold from a dataset column
 
 
+def test_without_a_box_the_answer_is_read_as_math_verify_reads_latex(accuracy):
+    """A digit regex read `$2^{10}$` as 10 and `$\\frac{1}{2}$` as 2."""
+    completions = ["<think>\nPowers of two.\n</think>\nThe answer is $2^{10}$.", "So it is $\\frac{1}{2}$."]
+    assert accuracy(completions, answer=["1024", "0.5"]) == [1.0, 1.0]
+
+
+def test_the_last_box_is_found_far_before_the_end(accuracy):
+    check = "Check: 6 x 7 = 42, and 42 - 2 = 40. " * 150  # ~5 KB after the box, its last number 40
+    completion = f"<think>\nSix sevens.\n</think>\nThe answer is \\boxed{{42}}.\n\n{check}"
+    assert len(completion) - completion.index("\\boxed") > 5000
+    assert accuracy([completion], answer=["42"]) == [1.0]
+
+
+def test_a_unicode_minus_is_a_minus(accuracy):
+    assert accuracy(["The answer is \u22127.", "\\boxed{\u22127}", "The answer is \u22127."], answer=["-7", "-7", "7"]) == [
+        1.0,
+        1.0,
+        0.0,
+    ]
+
+
+@pytest.mark.parametrize("hostile", [4, 16])
+def test_hostile_rows_cannot_stretch_a_batch_past_its_deadline(accuracy, caplog, hostile):
+    """Each hostile row used to hold a worker for up to three math-verify timeouts, one batch after another."""
+    reward = get_reward("accuracy", workers=2, timeout=1)  # batch_timeout defaults to timeout
+    assert accuracy([NO_THINK_OK], answer=["42"]) == [1.0]  # the shared pool is started (outside the bound)
+    completions = ["\\boxed{9^{9^{9^{9}}}}"] * hostile + [THINK_OK, NO_THINK_OK, "\\boxed{41}"] * 4
+    logged = Metrics()
+    with caplog.at_level(logging.INFO, logger="rewards"):
+        start = time.monotonic()
+        values = reward(completions, answer=["7"] * hostile + ["42"] * 12, log_metric=logged)
+        elapsed = time.monotonic() - start
+    assert elapsed < 1.5  # timeout + 0.5 s
+    assert values == [0.0] * hostile + [1.0, 1.0, 0.0] * 4
+    assert dict(logged)["rewards/accuracy/timeouts"] == hostile
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rewards: accuracy: {hostile} of {hostile + 12} rows got no result within the 1.0 s batch bound "
+        "(or their worker died); scored 0"
+    ]
+    start = time.monotonic()
+    assert reward([THINK_OK, "\\boxed{41}"] * 4, answer=["42"] * 8) == [1.0, 0.0] * 4  # the workers are free again
+    assert time.monotonic() - start < 0.5
+
+
 class Metrics(list):
     """Stands in for TRL's `log_metric` hook: records (name, value)."""
 
@@ -168,6 +212,21 @@ def test_a_worker_stuck_past_its_batch_is_killed_and_replaced():
         time.sleep(0.6)
         assert pool.map(abs, [(-3,), (4,)], batch_timeout=60.0, default=None, stuck_after=1.0) == [3, 4]
         assert stuck.poll() is not None and pool._workers[0].proc is not stuck
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_finished_after_its_batch_is_not_taken_for_stuck(caplog):
+    """Its "done" waits unread in the pipe until the next batch, which must read it before it judges the worker."""
+    pool = BoundedPool(1)
+    try:
+        assert pool.map(abs, [(-1,)], batch_timeout=60.0, default=None, stuck_after=1.0) == [1]  # started
+        assert pool.map(time.sleep, [(0.3,)], batch_timeout=0.1, default="late", stuck_after=1.0) == ["late"]
+        worker = pool._workers[0].proc
+        time.sleep(1.5)  # finished at 0.3 s; now past stuck_after
+        with caplog.at_level(logging.WARNING, logger="rewards.pool"):
+            assert pool.map(abs, [(-2,)], batch_timeout=60.0, default=None, stuck_after=1.0) == [2]
+        assert pool._workers[0].proc is worker and worker.poll() is None and "stayed busy" not in caplog.text
     finally:
         pool.close()
 

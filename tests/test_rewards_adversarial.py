@@ -126,6 +126,9 @@ def test_every_registered_reward_survives_1000_hostile_completions():
         "mode_format": [normalize_mode(m) is None for m in modes],
         "length_budget": [normalize_mode(m) is None for m in modes],
         "soft_overlong": [False] * N,
+        "repetition_penalty": [False] * N,
+        "tag_count": [normalize_mode(m) is None for m in modes],
+        "reasoning_steps": [normalize_mode(m) != "think" for m in modes],
     }
     assert set(none_ok) == set(REWARDS), "a new reward needs its None rule here"
     correct_rows = range(0, N, CORRECT_EVERY)
