@@ -1,15 +1,14 @@
 """Bench the accuracy reward: serial vs the process pool, and the wall time of batches with hostile rows.
 
-    python bench/rewards.py [--n 2000] [--workers 2] [--adversarial-batches 8] [--hostile-rows 8]
+    python bench/rewards.py [--n 2000] [--workers 2] [--adversarial-batches 8] [--hostile-rows 4 16 40]
 
 Prints JSON lines; the last one is the summary: `pool_vs_serial_speedup` (median wall-clock completions/s with
 the pool over in-process scoring, on realistic GRPO-shaped batches: 8 generations per problem, both modes, ~60%
-correct) and `adversarial_worst_s` (the slowest call over realistic batches with `--hostile-rows` hostile
-completions mixed in), to compare with `timeout_s` (math-verify's per-call timeout) and `batch_timeout_s` (the
-pool's bound per batch). Both are the accuracy reward's defaults, which a recipe gets unless it sets them: the
-worst case is then what a training step would wait, about ceil(slow rows / workers) x timeout, capped by the
-bound. The summary also says how many rows were dropped (timed out, scored 0) and whether every normal row mixed
-in scored what it scores alone.
+correct) and `adversarial_worst_s` (per count of hostile rows, the slowest call over realistic batches of 64
+with that many hostile completions mixed in), to compare with `batch_timeout_s` (the batch's deadline) and
+`timeout_s` (the bound per row). Both are the accuracy reward's defaults, which a recipe gets unless it sets
+them: the worst case is what a training step would wait. The summary also says how many rows were dropped
+(timed out, scored 0) and whether every normal row mixed in scored what it scores alone.
 
 Each timed run gets its own freshly generated completions (no string shared with another run, so no parse
 cache hit across runs). Both sides first score one untimed batch: a training run's reward calls find the pool
@@ -111,11 +110,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=DEFAULTS["timeout"])
-    parser.add_argument("--batch-timeout", type=float, default=DEFAULTS["batch_timeout"])
+    parser.add_argument("--batch-timeout", type=float, default=DEFAULTS["batch_timeout"], help="default: --timeout")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adversarial-batches", type=int, default=8)
     parser.add_argument("--adversarial-size", type=int, default=64)
-    parser.add_argument("--hostile-rows", type=int, default=8)
+    parser.add_argument("--hostile-rows", type=int, nargs="+", default=[4, 16, 40])
     args = parser.parse_args()
 
     serial = get_reward("accuracy", workers=0, timeout=args.timeout)
@@ -139,33 +138,34 @@ def main() -> None:
     # (so its own autogroup, where the kernel groups by session) and competes for the cores as one more job.
     speedup = statistics.median(rates["pool"]) / statistics.median(rates["serial"])
 
-    walls, dropped, normal_ok, normal_total = [], [], 0, 0
-    for b in range(args.adversarial_batches):
-        completions, answers, normal = hostile_batch(args.adversarial_size, args.hostile_rows, seed=b)
-        expected = serial([completions[i] for i in normal], answer=[answers[i] for i in normal])
-        metrics = {}
-        seconds, values = timed(pool, completions, answers, log_metric=metrics.__setitem__)
-        ok = sum(values[i] == e for i, e in zip(normal, expected))
-        walls.append(seconds)
-        dropped.append(int(metrics["rewards/accuracy/timeouts"]))
-        normal_ok, normal_total = normal_ok + ok, normal_total + len(normal)
-        print(json.dumps({
-            "bench": "accuracy_adversarial", "batch": b, "n": args.adversarial_size, "hostile": args.hostile_rows,
-            "seconds": round(seconds, 3), "dropped": dropped[-1], "normal_rows_as_alone": f"{ok}/{len(normal)}",
-            "all_finite": all(v is None or math.isfinite(v) for v in values),
-        }), flush=True)
+    walls, dropped, normal_ok, normal_total = {}, [], 0, 0
+    for hostile in args.hostile_rows:
+        for b in range(args.adversarial_batches):
+            completions, answers, normal = hostile_batch(args.adversarial_size, hostile, seed=b)
+            expected = serial([completions[i] for i in normal], answer=[answers[i] for i in normal])
+            metrics = {}
+            seconds, values = timed(pool, completions, answers, log_metric=metrics.__setitem__)
+            ok = sum(values[i] == e for i, e in zip(normal, expected))
+            walls.setdefault(hostile, []).append(seconds)
+            dropped.append(int(metrics["rewards/accuracy/timeouts"]))
+            normal_ok, normal_total = normal_ok + ok, normal_total + len(normal)
+            print(json.dumps({
+                "bench": "accuracy_adversarial", "batch": b, "n": args.adversarial_size, "hostile": hostile,
+                "seconds": round(seconds, 3), "dropped": dropped[-1], "normal_rows_as_alone": f"{ok}/{len(normal)}",
+                "all_finite": all(v is None or math.isfinite(v) for v in values),
+            }), flush=True)
 
     print(json.dumps({
         "pool_vs_serial_speedup": round(speedup, 2),
         "serial_completions_per_s": round(statistics.median(rates["serial"]), 1),
         "pool_completions_per_s": round(statistics.median(rates["pool"]), 1),
         "workers": args.workers,
-        "adversarial_worst_s": round(max(walls), 3),
-        "adversarial_mean_s": round(sum(walls) / len(walls), 3),
+        "adversarial_worst_s": {str(h): round(max(w), 3) for h, w in walls.items()},
+        "adversarial_mean_s": {str(h): round(sum(w) / len(w), 3) for h, w in walls.items()},
         "adversarial_dropped_max": max(dropped),
         "adversarial_normal_rows_as_alone": round(normal_ok / normal_total, 4),
         "timeout_s": args.timeout,
-        "batch_timeout_s": args.batch_timeout,
+        "batch_timeout_s": pool.batch_timeout,
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes on the machine skew the speedup both ways
     }))

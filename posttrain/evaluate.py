@@ -40,6 +40,7 @@ from posttrain.errors import UserError
 from posttrain.task import MODES
 
 logger = logging.getLogger("posttrain")
+EVAL_BATCH_TIMEOUT_S = 600.0  # the accuracy reward's deadline for all of an evaluation's rows, scored in one call
 
 
 @dataclass
@@ -241,7 +242,9 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
         raise ValueError("score: completions, rows, num_tokens and truncated must have the same length")
     rows = list(rows)
     columns = {"answer": [r["answer"] for r in rows], "mode": [r["mode"] for r in rows]}
-    accuracy = get_reward("accuracy")(list(completions), **columns)
+    # One call scores every row: its deadline must fit all of them (the training default, `timeout`, would zero
+    # the rows not done by then); a hostile row is still cut at `timeout`.
+    accuracy = get_reward("accuracy", batch_timeout=EVAL_BATCH_TIMEOUT_S)(list(completions), **columns)
     # A completion cut off by the token budget never finished its answer: not adherent, whatever its shape so
     # far (else a base model rambling for max_new_tokens without a think tag would "adhere" to /no_think).
     adherent = [None if ok is None else ok * (not cut)
