@@ -11,8 +11,9 @@ with a small CPU budget (FAST_CPU_S, ~10x a normal parse + verify), then, until 
 that ran over it, each for at most `timeout` seconds. Without that, each `9^{9^{9^{9}}}` holds a worker for the
 whole timeout, and a batch with a few dozen of them scores nearly every row 0 at its deadline. The workers cut
 items with their own timers (`verify_fast`, `verify_until`), not math-verify's per-call alarms: an item makes
-up to three such calls (gold, parse, verify), so a batch of hostile rows used to run for several timeouts past
-its bound (6.1 s for 4 of them at timeout 3 s, 24 s for 16), and its workers stayed busy into the next batch.
+up to three such calls (gold, parse, verify), and with them each hostile row held a worker for a timeout or
+more, one after another (12.4 s for a batch with 8 power towers at timeout 3 s on 2 workers), and the workers
+stayed busy into the next batch.
 """
 
 from __future__ import annotations

@@ -78,6 +78,14 @@ def column(kwargs: dict, name: str, n: int, reward: str) -> list:
     return values
 
 
+def by_mode(completions, kwargs: dict, reward: str, value) -> list[float | None]:
+    """`value(text, mode)` per completion, the mode read from the `mode` column ("think" / "no_think"); None for a
+    row whose mode is neither (not applicable), which TRL averages out."""
+    completions = list(completions or [])
+    modes = [normalize_mode(m) for m in column(kwargs, "mode", len(completions), reward)]
+    return [None if m is None else value(completion_text(c), m) for c, m in zip(completions, modes)]
+
+
 def think_format_ok(text: str) -> bool:
     """Exactly one `<think>` and one `</think>`, the block first (after whitespace), reasoning and answer non-empty."""
     body = text.lstrip()
@@ -108,14 +116,8 @@ class ModeFormat:
         self.__name__ = "mode_format"
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
-        completions = list(completions or [])
-        modes = column(kwargs, "mode", len(completions), self.__name__)
-        rewards: list[float | None] = []
-        for completion, mode in zip(completions, modes):
-            mode, text = normalize_mode(mode), completion_text(completion)
-            if mode is None:
-                rewards.append(None)
-            else:
-                ok = think_format_ok(text) if mode == "think" else no_think_format_ok(text)
-                rewards.append(1.0 if ok else 0.0)
-        return rewards
+        return by_mode(completions, kwargs, self.__name__, self.value)
+
+    @staticmethod
+    def value(text: str, mode: str) -> float:
+        return float(think_format_ok(text) if mode == "think" else no_think_format_ok(text))

@@ -14,7 +14,7 @@ import itertools
 import math
 import re
 
-from rewards.format import THINK_CLOSE, THINK_OPEN, column, completion_text, normalize_mode
+from rewards.format import THINK_CLOSE, THINK_OPEN, by_mode, completion_text
 
 # open-r1's markers: "Step 1:", a numbered line ("1."), a bullet ("- ", "* "), and ordinal transitions. `^` is
 # per line here (open-r1 compiles it without MULTILINE, so only a list starting the completion counted).
@@ -71,13 +71,7 @@ class TagCount:
         self.__name__ = "tag_count"
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
-        completions = list(completions or [])
-        modes = column(kwargs, "mode", len(completions), self.__name__)
-        rewards: list[float | None] = []
-        for completion, mode in zip(completions, modes):
-            mode = normalize_mode(mode)
-            rewards.append(None if mode is None else tag_count(completion_text(completion), mode))
-        return rewards
+        return by_mode(completions, kwargs, self.__name__, tag_count)
 
 
 class ReasoningSteps:
@@ -92,15 +86,12 @@ class ReasoningSteps:
         self.__name__ = "reasoning_steps"
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
-        completions = list(completions or [])
-        modes = column(kwargs, "mode", len(completions), self.__name__)
-        return [
-            self.value(completion_text(c)) if normalize_mode(m) == "think" else None
-            for c, m in zip(completions, modes)
-        ]
+        return by_mode(completions, kwargs, self.__name__, self.value)
 
     @staticmethod
-    def value(text: str) -> float:
+    def value(text: str, mode: str) -> float | None:
+        if mode != "think":
+            return None
         # Stops at the third marker: a long completion costs one scan at most.
         found = sum(1 for _ in itertools.islice(_STEPS.finditer(text), _STEPS_FOR_FULL))
         return found / _STEPS_FOR_FULL
