@@ -223,7 +223,8 @@ def _verify(args: list[tuple], workers: int, timeout: int, batch_timeout: float)
         slow = [i for i, v in enumerate(values or []) if v == OVER_BUDGET]
         left = deadline - time.monotonic()
         if slow and left > 0:
-            again = pool.map(verify_until, [(*args[i], timeout, deadline) for i in slow], left, NO_RESULT, STUCK_AFTER_S)
+            items = [(*args[i], timeout, deadline) for i in slow]
+            again = pool.map(verify_until, items, left, NO_RESULT, STUCK_AFTER_S)
             for i, v in zip(slow, again or []):
                 values[i] = v
         if values is not None:
@@ -293,9 +294,9 @@ class Accuracy:
     Reads the gold answer from the `answer` column (`answer_column` to change it): LaTeX (`\\frac{1}{2}`),
     a number (`72`, `1,234`) or a `\\boxed{}` string. The completion's answer is the last `\\boxed{}` after the
     think block, else what math-verify reads at the end of the text there (`$2^{10}$`, `1/2`, `-7`); an answer
-    only inside `<think>…</think>` scores 0. A gold
-    answer that does not parse gives None for its row (TRL skips it); those rows and the rows that timed out
-    are counted per batch (a warning, and metrics through TRL's `log_metric`; see `score`).
+    only inside `<think>…</think>` scores 0. A gold answer that does not parse gives None for its row (TRL
+    skips it); those rows and the rows that timed out are counted per batch (a warning, and metrics through
+    TRL's `log_metric`; see `score`).
 
     Params: `workers` (pool processes; 0 = in-process, for debugging), `timeout` (integer seconds per row),
     `batch_timeout` (the wall-clock deadline of a batch, default `timeout`; must exceed the normal time of a

@@ -5,8 +5,8 @@ sends its results as it goes (at least every FLUSH_S seconds), so at a batch's d
 known: they get the default value and the call returns. The workers that held them are told to drop the rest
 of their chunk; the function's own timers free them (`rewards.accuracy` cuts each item at the batch's
 deadline), and they rejoin warm. Only a worker still busy `stuck_after` seconds past the deadline (stuck in C
-code, where Python cannot deliver a signal) is killed and replaced. Workers die with the trainer: a SIGKILLed trainer runs no clean-up, and a worker
-stuck in C code would otherwise outlive it (see `_bind_to_parent`).
+code, where Python cannot deliver a signal) is killed and replaced. Workers die with the trainer: a SIGKILLed
+trainer runs no clean-up, and a worker stuck in C code would otherwise outlive it (see `_bind_to_parent`).
 
 Why workers are fresh interpreters (`subprocess` running `python -c`) and not `multiprocessing` processes: a
 training process has torch loaded with its OpenMP / CUDA threads, and `fork` copies locks those threads hold,

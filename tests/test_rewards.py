@@ -82,11 +82,8 @@ def test_the_last_box_is_found_far_before_the_end(accuracy):
 
 
 def test_a_unicode_minus_is_a_minus(accuracy):
-    assert accuracy(["The answer is \u22127.", "\\boxed{\u22127}", "The answer is \u22127."], answer=["-7", "-7", "7"]) == [
-        1.0,
-        1.0,
-        0.0,
-    ]
+    completions = ["The answer is \u22127.", "\\boxed{\u22127}", "The answer is \u22127."]
+    assert accuracy(completions, answer=["-7", "-7", "7"]) == [1.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("hostile", [4, 16])
@@ -314,7 +311,7 @@ def test_extraction_is_bounded_on_megabyte_outputs():
     text = "<think>\n" + "9" * 1_000_000 + "\n</think>\n" + "\\boxed{" * 200_000 + "\\boxed{42}"
     start = time.perf_counter()
     assert extract_answer(text) == "\\boxed{42}"
-    assert extract_answer("x" * 1_000_000 + "{" * 1_000_000) == "{" * rewards.accuracy.ANSWER_TAIL_CHARS  # the tail only
+    assert extract_answer("x" * 1_000_000 + "{" * 1_000_000) == "{" * rewards.accuracy.ANSWER_TAIL_CHARS  # its tail
     assert time.perf_counter() - start < 1.0
 
 
