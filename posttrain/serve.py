@@ -69,8 +69,8 @@ def host_warning(host: str, allow_public_host: bool) -> str | None:
         "a public address" if address is not None else "a host name")
     if not allow_public_host:
         raise UserError(
-            f"recipe key 'host': {host} ({kind}) may be reachable from other networks; {risk}. Give this machine's private "
-            "address, or pass --allow_public_host to confirm"
+            f"recipe key 'host': {host} ({kind}) may be reachable from other networks; {risk}. Give this machine's "
+            "private address, or pass --allow_public_host to confirm"
         )
     return f"WARNING: serving on {host} ({kind}), confirmed by --allow_public_host; {risk}."
 
