@@ -117,8 +117,9 @@ def _from_command_line(words: list[str] | None, tp):
     numbers, lists, dicts and null are read as YAML."""
     if words is None:
         return True  # a bare flag
-    item = typing.get_args(tp)[0] if typing.get_origin(tp) in (list, Sequence) and typing.get_args(tp) else None
-    if len(words) > 1:
+    lists = [arm for arm in _arms(tp) if typing.get_origin(arm) in (list, Sequence) and typing.get_args(arm)]
+    item = typing.get_args(lists[0])[0] if lists else None  # the item type of a list field
+    if len(words) > 1:  # `--models a b`
         return [_from_command_line([w], item or Any) for w in words]
     text = words[0]
     value = _scalar(text)
