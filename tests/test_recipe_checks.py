@@ -119,7 +119,7 @@ def test_special_values_and_per_command_meanings():
     assert cfg.max_steps == 0
 
 
-def test_negative_learning_rate_stops_the_command_before_anything_is_written(tmp_path, fixtures):
+def test_negative_learning_rate_stops_the_command_before_anything_is_written(tmp_path):
     """It used to fail in the optimizer, after the data was loaded, leaving an empty `.partial/`."""
     out = tmp_path / "sft"
     run = subprocess.run(
@@ -132,10 +132,13 @@ def test_negative_learning_rate_stops_the_command_before_anything_is_written(tmp
     assert not out.exists() and not out.with_name("sft.partial").exists()
 
 
-def test_bitsandbytes_asks_no_one_to_trust_remote_code():
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_bitsandbytes_asks_no_one_to_trust_remote_code(offline, monkeypatch):
     """bitsandbytes (the qlora extra, installed here) logged "Failed to load CPU gemm_4bit_forward ... Set
-    trust_remote_code=True" when imported, i.e. on every command that loads transformers."""
+    trust_remote_code=True" (online) or "Skipping publisher trust check for 'kernels-community/..." (offline) when
+    imported, i.e. on every command that loads transformers."""
     pytest.importorskip("bitsandbytes")
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     run = subprocess.run([sys.executable, "-m", "posttrain", "sft", "--help"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert run.returncode == 0 and "usage: posttrain sft" in run.stdout
