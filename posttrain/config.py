@@ -4,14 +4,18 @@ trainer's config).
 
 Why not `TrlParser` alone: it copies YAML values into argparse defaults without checking them, so a typo'd key
 or a string where a float belongs surfaces later as an unrelated traceback. Here every key must name a field of
-one of the dataclasses and every value must fit the field's type; the error names the key and the file. The
-dataclasses are then built by `HfArgumentParser.parse_dict`, so TRL's own `__post_init__` checks still run.
+one of the dataclasses, every value must fit the field's type (a command-line value is typed by its field:
+`--save_strategy no` stays text) and every numeric value its range in `RANGES`; the error names the key and the
+file (YAML errors and duplicate keys: its line and column). All of it runs before a command reads data or writes
+anything. The dataclasses are then built by `HfArgumentParser.parse_dict`, so TRL's own `__post_init__` checks
+still run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from enum import Enum
@@ -201,7 +205,7 @@ class Range:
     """The values a numeric recipe key allows: from `low` to `high` (None: unbounded), either end excluded when
     `*_open`, plus `special` (value, meaning) pairs (max_steps -1: train by epochs)."""
 
-    low: float | None = None
+    low: float
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
@@ -210,17 +214,17 @@ class Range:
     def __contains__(self, value) -> bool:
         if value in [v for v, _ in self.special]:
             return True
-        below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        if math.isnan(value):  # (YAML's .nan) compares false with every bound
+            return False
+        below = value < self.low or (self.low_open and value == self.low)
         above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
         return not (below or above)
 
     def __str__(self) -> str:
-        if self.low is not None and self.high is not None:
+        if self.high is not None:
             text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            text = f"{'>' if self.low_open else '>='} {self.low:g}"
         else:
-            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
         return " or ".join([text, *(f"{v} ({meaning})" for v, meaning in self.special)])
 
 

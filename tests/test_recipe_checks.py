@@ -70,6 +70,7 @@ def test_a_yaml_boolean_for_a_text_key_says_to_quote_it(tmp_path):
     "argv, config, message",
     [
         (["--learning_rate", "-1e-4"], SFTConfig, "'learning_rate' must be > 0, got -0.0001"),
+        (["--learning_rate", ".nan"], SFTConfig, "'learning_rate' must be > 0, got nan"),
         (["--max_steps", "0"], SFTConfig, "'max_steps' must be >= 1 or -1 (train num_train_epochs), got 0"),
         (["--max_steps", "-5"], SFTConfig, "'max_steps' must be >= 1 or -1 (train num_train_epochs), got -5"),
         (["--num_train_epochs", "0"], SFTConfig, "'num_train_epochs' must be > 0, got 0"),
