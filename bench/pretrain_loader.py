@@ -58,7 +58,7 @@ def main() -> None:
         seq_len, micro = data.seq_len, cfg.micro_batch_size
         web = {"n": 3000, "seed": 0}  # the tiny recipe's generated web text (~1 MB)
         tokenizer = train_bpe([], 1024, tmp / "tokenizer", texts=web_documents(**web))
-        source = Source("web", "generator", callable="pretrain.corpus:web_documents", kwargs=web)
+        source = Source("web", "generator", generator="web", kwargs=web)
         tokenize([source], tokenizer, tmp / "tokens", np.dtype("uint16"), log=lambda *_: None)
         files = open_sources(tmp / "tokens", [source], seq_len)
         curriculum = Curriculum([Stage("s", 10**15, {"web": 1.0})], ["web"], seq_len * micro)

@@ -4,14 +4,18 @@ trainer's config).
 
 Why not `TrlParser` alone: it copies YAML values into argparse defaults without checking them, so a typo'd key
 or a string where a float belongs surfaces later as an unrelated traceback. Here every key must name a field of
-one of the dataclasses and every value must fit the field's type; the error names the key and the file. The
-dataclasses are then built by `HfArgumentParser.parse_dict`, so TRL's own `__post_init__` checks still run.
+one of the dataclasses, every value must fit the field's type (a command-line value is typed by its field:
+`--save_strategy no` stays text) and every numeric value its range in `RANGES`; the error names the key and the
+file (YAML errors and duplicate keys: its line and column). All of it runs before a command reads data or writes
+anything. The dataclasses are then built by `HfArgumentParser.parse_dict`, so TRL's own `__post_init__` checks
+still run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from enum import Enum
@@ -24,22 +28,49 @@ from transformers import HfArgumentParser
 from posttrain.errors import UserError
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word: a recipe that sets `learning_rate` twice would
+    train with whichever came last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing file or a non-mapping names the path."""
+    """Read a YAML mapping; a missing file, bad YAML (with its line and column), a duplicate key or a non-mapping
+    names the path."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(e.problem or e.context).split())
+        if isinstance(e, _DuplicateKey):
+            raise UserError(f"{where}: {problem}") from None
+        raise UserError(f"{where}: not valid YAML ({problem})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a mapping of keys to values")
     return data
 
 
-def _split_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
-    """`--config PATH` and `--key value` / `--key=value` pairs; values are read as YAML scalars."""
+def _split_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, list[str] | None]]:
+    """`--config PATH` and `--key value` / `--key=value` pairs: each key's words as given (None for a bare flag),
+    typed later by the field they set (`_from_command_line`)."""
     config, overrides, i = None, {}, 0
     argv = list(argv)
     while i < len(argv):
@@ -56,8 +87,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
         if key == "config":
             config = values[0] if values else None
             continue
-        parsed = [_scalar(v) for v in values] or [True]  # a bare flag
-        overrides[key] = parsed[0] if len(parsed) == 1 else parsed
+        overrides[key] = values or None
     return config, overrides
 
 
@@ -66,6 +96,47 @@ def _scalar(value: str):
         return yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+
+
+def _arms(tp) -> tuple:
+    """The alternatives of a union annotation (the annotation itself otherwise)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _takes_text(tp, text: str) -> bool:
+    """Would the field take `text` as it is: a str field, a Literal or Enum with that value?"""
+    for arm in _arms(tp):
+        if arm is str or (typing.get_origin(arm) is typing.Literal and text in typing.get_args(arm)):
+            return True
+        if isinstance(arm, type) and issubclass(arm, Enum) and text in {m.value for m in arm}:
+            return True
+    return False
+
+
+def _from_command_line(words: list[str] | None, tp):
+    """A command-line value typed by the field it sets. YAML 1.1 reads `no`, `off`, `yes`, `on` as booleans and
+    `010` as 8: a field that takes text keeps the text (`--save_strategy no`), a bool field takes true/false, and
+    numbers, lists, dicts and null are read as YAML."""
+    if words is None:
+        return True  # a bare flag
+    lists = [arm for arm in _arms(tp) if typing.get_origin(arm) in (list, Sequence) and typing.get_args(arm)]
+    item = typing.get_args(lists[0])[0] if lists else None  # the item type of a list field
+    if len(words) > 1:  # `--models a b`
+        return [_from_command_line([w], item or Any) for w in words]
+    text = words[0]
+    value = _scalar(text)
+    if item is not None and not isinstance(value, (list, dict, type(None))):
+        tp = item  # one item of a list field
+    if value is None:
+        return None
+    others = [arm for arm in _arms(tp) if arm not in (str, type(None))]
+    if _takes_text(tp, text) and not any(_fits(value, arm)[0] for arm in others):
+        return text  # `--save_strategy no`, `--host ::`
+    if isinstance(value, bool) and text.lower() not in ("true", "false"):
+        return text  # a bool field takes true/false: `must be bool, got 'yes'`
+    return value
 
 
 def _type_name(tp) -> str:
@@ -129,6 +200,104 @@ def _fits(value, tp) -> tuple[bool, Any]:
     return True, value  # other annotations (callables, classes): left to the dataclass
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric recipe key allows: from `low` to `high` (None: unbounded), either end excluded when
+    `*_open`, plus `special` (value, meaning) pairs (max_steps -1: train by epochs)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    special: tuple = ()
+
+    def __contains__(self, value) -> bool:
+        if value in [v for v, _ in self.special]:
+            return True
+        if math.isnan(value):  # (YAML's .nan) compares false with every bound
+            return False
+        below = value < self.low or (self.low_open and value == self.low)
+        above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        return not (below or above)
+
+    def __str__(self) -> str:
+        if self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        else:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        return " or ".join([text, *(f"{v} ({meaning})" for v, meaning in self.special)])
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
+SHARE, SHARE_BELOW_1 = Range(0, 1), Range(0, 1, high_open=True)
+
+# Every numeric recipe key with a range, checked by `parse_recipe` before anything is read or written (a negative
+# learning rate used to fail in the optimizer, after the data was loaded; max_steps 0 trained anyway). The keys of
+# all commands (posttrain stages, eval, pipeline, serve, pretrain) share the table; a `Class.key` entry holds
+# where one class's key means something else.
+RANGES: dict[str, Range] = {
+    "learning_rate": POSITIVE,
+    "max_steps": Range(1, special=((-1, "train num_train_epochs"),)),
+    "TrainConfig.max_steps": NON_NEGATIVE,  # pretrain: 0 = the stages' token budgets / the global batch
+    "num_train_epochs": POSITIVE,
+    "per_device_train_batch_size": AT_LEAST_1,
+    "per_device_eval_batch_size": AT_LEAST_1,
+    "micro_batch_size": AT_LEAST_1,
+    "gradient_accumulation_steps": AT_LEAST_1,
+    "global_batch_tokens": AT_LEAST_1,
+    "warmup_steps": NON_NEGATIVE,  # transformers: below 1 a share of the steps
+    "logging_steps": POSITIVE,  # transformers: below 1 a share of the steps
+    "TrainConfig.logging_steps": AT_LEAST_1,
+    "save_steps": POSITIVE,
+    "TrainConfig.save_steps": NON_NEGATIVE,  # pretrain: 0 never saves
+    "eval_steps": POSITIVE,
+    "keep_last": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "max_grad_norm": NON_NEGATIVE,
+    "adam_beta1": SHARE_BELOW_1,
+    "adam_beta2": SHARE_BELOW_1,
+    "adam_epsilon": NON_NEGATIVE,
+    "decay_fraction": SHARE_BELOW_1,
+    "min_lr_ratio": SHARE,
+    "seed": NON_NEGATIVE,
+    "seq_len": Range(2),
+    "torch_threads": NON_NEGATIVE,
+    "peak_tflops": POSITIVE,
+    "no_think_fraction": SHARE,
+    "sft_learning_rate_ratio": POSITIVE,
+    "max_length": AT_LEAST_1,
+    "max_prompt_length": AT_LEAST_1,
+    "max_completion_length": AT_LEAST_1,
+    "beta": NON_NEGATIVE,  # GRPO: the KL coefficient, 0 = no reference model
+    "DPOConfig.beta": POSITIVE,  # DPO: the loss divides by it
+    "num_generations": Range(2),  # GRPO's advantages compare completions of one prompt
+    "num_iterations": AT_LEAST_1,
+    "epsilon": POSITIVE,
+    "temperature": POSITIVE,
+    "top_p": Range(0, 1, low_open=True),
+    "lora_r": AT_LEAST_1,
+    "lora_alpha": POSITIVE,
+    "lora_dropout": SHARE_BELOW_1,
+    "max_new_tokens": AT_LEAST_1,
+    "batch_size": AT_LEAST_1,
+    "num_samples": NON_NEGATIVE,
+    "eval_max_new_tokens": AT_LEAST_1,
+    "eval_batch_size": AT_LEAST_1,
+    "tensor_parallel_size": AT_LEAST_1,
+    "data_parallel_size": AT_LEAST_1,
+    "port": Range(1, 65535),
+}
+
+
+def check_range(dc: type, key: str, value, origin: str) -> None:
+    """One line naming the key, the value and the allowed range; None (unset) and non-numbers pass."""
+    allowed = RANGES.get(f"{dc.__name__}.{key}", RANGES.get(key))
+    if allowed is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if value not in allowed:
+        raise UserError(f"{origin}: recipe key {key!r} must be {allowed}, got {value!r}")
+
+
 def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], defaults: dict | None = None):
     """Parse `--config recipe.yaml --key value ...` into one instance per dataclass type.
 
@@ -153,11 +322,15 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], defaults:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise UserError(f"{origin}: unknown recipe key {key!r}{hint}")
             dc, f = fields[key]
-            ok, value = _fits(value, hints[dc][key])
+            tp = hints[dc][key]
+            if values is overrides:
+                value = _from_command_line(value, tp)
+            ok, value = _fits(value, tp)
             if not ok:
-                raise UserError(
-                    f"{origin}: recipe key {key!r} must be {_type_name(hints[dc][key])}, got {value!r}"
-                )
+                # YAML reads an unquoted no/off/yes/on as a boolean
+                quote = " (quote it to pass text, e.g. \"no\")" if isinstance(value, bool) and str in _arms(tp) else ""
+                raise UserError(f"{origin}: recipe key {key!r} must be {_type_name(tp)}, got {value!r}{quote}")
+            check_range(dc, key, value, origin)
             merged[key] = value
     missing = [
         name for name, (dc, f) in fields.items()

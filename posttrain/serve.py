@@ -6,7 +6,9 @@ need from that server (NCCL weight transfer, processed logprobs, uncapped logpro
 `trl.scripts.vllm_serve.build_command`. So this command builds the `vllm serve` line with TRL's own arguments and
 builder and runs it, changing three things:
 - it binds to 127.0.0.1 unless `--host` is given: TRL's default is 0.0.0.0, and with dev mode on the server
-  accepts weight updates and resets from anyone who can reach the port;
+  accepts weight updates and resets from anyone who can reach the port (vLLM's `--api-key` guards only the
+  `/v1` routes, not these, and TRL's client sends no key). A private address is served with a warning; a
+  wildcard (0.0.0.0, ::), public address or host name is refused unless `--allow_public_host` confirms it;
 - weights load from safetensors only (`--load-format safetensors`); `--trust_remote_code` is refused;
 - a missing vllm is a one-line error naming the extra, not a traceback.
 
@@ -16,6 +18,7 @@ line or a `--config` YAML; anything after a bare `--` goes to `vllm serve` uncha
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import sys
@@ -39,6 +42,37 @@ class ServeArguments(ScriptArguments):
         metadata={"help": "Address to listen on. Another machine's trainer needs this machine's private address; "
                   "never 0.0.0.0 on a machine with a public one (docs/scale-out.md, Security)."},
     )
+    allow_public_host: bool = field(
+        default=False,
+        metadata={"help": "Confirm a --host that other networks may reach (0.0.0.0, ::, a public address or a host "
+                  "name): anyone who reaches the port can replace the served weights."},
+    )
+
+
+def host_warning(host: str, allow_public_host: bool) -> str | None:
+    """None for a loopback host; a warning for a private address (or a confirmed public one); a UserError for a
+    wildcard, public address or host name without `allow_public_host`. A host name is not resolved here: what
+    it points to can change."""
+    if host == "localhost":
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_loopback:
+        return None
+    risk = ("its weight-update endpoints (vLLM dev mode, which TRL needs) ask for no authentication: anyone who "
+            "reaches the port can replace the weights being trained")
+    if address is not None and address.is_private and not address.is_unspecified:
+        return f"warning: serving on private address {host}; {risk}. Firewall the port to the trainer's machines."
+    kind = "every interface" if address is not None and address.is_unspecified else (
+        "a public address" if address is not None else "a host name")
+    if not allow_public_host:
+        raise UserError(
+            f"recipe key 'host': {host} ({kind}) may be reachable from other networks; {risk}. Give this machine's "
+            "private address, or pass --allow_public_host to confirm"
+        )
+    return f"WARNING: serving on {host} ({kind}), confirmed by --allow_public_host; {risk}."
 
 
 def server_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -49,6 +83,9 @@ def server_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     (args,) = parse_recipe([ServeArguments], argv)
     if args.trust_remote_code:
         raise UserError("recipe key 'trust_remote_code': posttrain never runs code shipped with a checkpoint")
+    warning = host_warning(args.host, args.allow_public_host)
+    if warning:
+        print(warning, file=sys.stderr)
     command = build_command(args, ["--load-format", "safetensors", *extra])
     # The weight-transfer endpoints TRL's client calls exist only in vLLM's dev mode (as `trl vllm-serve` sets).
     return command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}

@@ -174,5 +174,6 @@ def wrong_answer(problem: Problem, rng: random.Random) -> str:
 
 def pretraining_documents(n: int, seed: int = 0) -> list[str]:
     """`n` plain-text documents (question, the worked columns, the boxed answer) from the TRAIN split only,
-    so pretraining never sees an evaluation problem. Recipe: `callable: "posttrain.task:pretraining_documents"`."""
+    so pretraining never sees an evaluation problem. Recipe: `{type: generator, generator: arithmetic}`
+    (pretrain/generators.py)."""
     return [f"{p.question}\n{p.reasoning}\n\\boxed{{{p.answer}}}" for p in generate("train", n, seed=seed)]

@@ -7,7 +7,7 @@ encyclopedia entries, how-to steps, letters, dialogues, weather reports) over a 
 everyday words, with real sentence structure, punctuation, paragraphs and some numbers. It carries no knowledge
 worth learning; a real run names real web text instead (a text or jsonl source).
 
-Recipe: `{name: web, type: generator, callable: "pretrain.corpus:web_documents", kwargs: {n: 3000, seed: 0}}`.
+Recipe: `{name: web, type: generator, generator: web, kwargs: {n: 3000, seed: 0}}` (pretrain/generators.py).
 The same (n, seed) gives the same documents on any machine; a larger n extends the list rather than changing it.
 """
 

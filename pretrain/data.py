@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
-import importlib
 import inspect
 import json
 import math
@@ -42,9 +41,10 @@ import torch
 
 from posttrain.chat_template import with_default_instructions
 from posttrain.errors import UserError
+from pretrain import generators
 
 SOURCE_TYPES = ("text", "jsonl", "generator")
-SOURCE_KEYS = {"name", "type", "path", "field", "separator", "callable", "kwargs"}
+SOURCE_KEYS = {"name", "type", "path", "field", "separator", "generator", "kwargs"}
 STAGE_KEYS = {"name", "tokens", "weights"}
 TOKENIZER_SPEC_KEYS = {"files", "vocab_size", "texts", "repeat_texts", "sources", "default_instructions"}
 ENCODE_BATCH = 1000  # documents per tokenizer call: batched in Rust, bounded memory
@@ -70,8 +70,9 @@ class DataConfig:
         metadata={
             "help": "Named data sources, each {name, type: text|jsonl|generator, ...}. text: {path (file or glob), "
             "separator (optional; splits a file into documents, else one document per file)}; jsonl: {path, "
-            "field (default 'text')}, one document per row; generator: {callable: 'module:function', kwargs: {...}} "
-            "returning a list of str documents. Paths resolve against the current directory."
+            "field (default 'text')}, one document per row; generator: {generator: NAME, kwargs: {...}}, a registered "
+            "generator (pretrain/generators.py: web, arithmetic, or a plugin's) returning str documents. Paths "
+            "resolve against the current directory."
         },
     )
     stages: list[dict] = field(
@@ -98,8 +99,6 @@ class DataConfig:
                 raise UserError(f"recipe key {key!r}: give at least one")
         self.source_list = parse_sources(self.sources)
         self.stage_list = parse_stages(self.stages, [s.name for s in self.source_list])
-        if self.seq_len < 2:
-            raise UserError(f"recipe key 'seq_len' must be >= 2, got {self.seq_len}")
         if isinstance(self.tokenizer, dict):
             check_tokenizer_spec(self.tokenizer, [s.name for s in self.source_list])
 
@@ -114,7 +113,7 @@ class Source:
     path: str | None = None
     field: str = "text"
     separator: str | None = None
-    callable: str | None = None
+    generator: str | None = None  # a name in pretrain.generators.registry()
     kwargs: dict = dataclasses.field(default_factory=dict)  # `field` is a source key here
 
 
@@ -155,11 +154,11 @@ def parse_sources(raw: list) -> list[Source]:
         kind = spec.get("type")
         if kind not in SOURCE_TYPES:
             raise UserError(f"{where} ({name}): field 'type' must be one of {', '.join(SOURCE_TYPES)}, got {kind!r}")
-        need = "callable" if kind == "generator" else "path"
+        need = "generator" if kind == "generator" else "path"
         if not isinstance(spec.get(need), str) or not spec[need]:
             raise UserError(f"{where} ({name}): type {kind} needs field {need!r}")
-        if kind == "generator" and ":" not in spec["callable"]:
-            raise UserError(f"{where} ({name}): field 'callable' must be 'module:function', got {spec['callable']!r}")
+        if kind == "generator":
+            generators.resolve(spec["generator"], f"{where} ({name}) field 'generator'")
         if not isinstance(spec.get("kwargs", {}), dict):
             raise UserError(f"{where} ({name}): field 'kwargs' must be a mapping")
         sources.append(Source(**{"field": "text", **spec}))
@@ -231,28 +230,20 @@ def source_files(source: Source) -> list[Path]:
     return [Path(f) for f in matches]
 
 
-def load_callable(source: Source):
-    module_name, _, func_name = source.callable.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"source {source.name!r}: field 'callable': cannot load {source.callable!r} ({e})") from None
-
-
 def check_source(source: Source) -> None:
     """Fail before anything is written: files exist and are not empty, generators import, and the source
     has a non-blank document (reading up to the first one; a generator is called)."""
     if next(iter_documents(source), None) is None:
-        raise UserError(f"source {source.name!r} ({source.path or source.callable}): no non-blank documents")
+        raise UserError(f"source {source.name!r} ({source.path or source.generator}): no non-blank documents")
 
 
 def iter_documents(source: Source) -> Iterator[str]:
     """The source's documents as strings (blank ones skipped); bad rows name file, row and field."""
     if source.type == "generator":
-        docs = load_callable(source)(**source.kwargs)
-        for i, doc in enumerate(docs):
+        target, function = generators.resolve(source.generator, f"source {source.name!r} field 'generator'")
+        for i, doc in enumerate(function(**source.kwargs)):
             if not isinstance(doc, str):
-                raise UserError(f"source {source.name!r}: {source.callable} item {i} is {type(doc).__name__}, not str")
+                raise UserError(f"source {source.name!r}: {target} item {i} is {type(doc).__name__}, not str")
             if doc.strip():
                 yield doc
         return
@@ -321,8 +312,8 @@ def source_fingerprint(source: Source) -> dict:
     """What a source's documents come from: its spec plus its files' size/mtime or its generator's code."""
     fp = {"source": dict(source.__dict__)}
     if source.type == "generator":
-        module = importlib.import_module(source.callable.partition(":")[0])
-        fp["code"] = hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()[:16]
+        _, function = generators.resolve(source.generator, f"source {source.name!r} field 'generator'")
+        fp["code"] = hashlib.sha256(Path(inspect.getfile(function)).read_bytes()).hexdigest()[:16]
     else:
         fp["files"] = [file_stamp(f) for f in source_files(source)]
     return json.loads(json.dumps(fp))

@@ -20,8 +20,9 @@ Run layout (the project's atomic-output rule: a run writes into `<output_dir>.pa
 
 Checkpoints are written to `checkpoints/tmp-step-N` and renamed when complete; re-running the same command
 resumes from the newest one (after a kill -9 too) and continues the same loss curve: the log is cut back to
-the checkpoint's step and the steps after it are replayed. A changed recipe (data, tokenizer, model, batch)
-is refused before the tokenizer or token files are touched.
+the checkpoint's step and the steps after it are replayed. A changed recipe (data, tokenizer, model, batch, and
+any other key but those in RESUME_MAY_CHANGE, e.g. the learning rate or max_steps) is refused before the tokenizer
+or token files are touched, naming each changed key; `--start_over` deletes the checkpoints and trains from step 0.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
 # What a resumed run must share with its checkpoint (`run_identity`), in the order checked: the data before
 # the tokenizer trained on it. tokens_per_step = seq_len x micro_batch_size x processes x accumulation.
 RESUME_KEYS = ("seq_len", "micro_batch_size", "tokens_per_step", "seed", "stages", "sources", "tokenizer", "model")
+# Recipe keys a resumed run may change: where and how often it logs and saves, threads, trackers, activation
+# checkpointing (none changes a step's result), and the batch split when tokens_per_step (checked above) stays
+# the same, e.g. accumulation doubled on half the processes. Any other change is refused (a new learning_rate was
+# ignored, the run continuing on the checkpoint's schedule) unless `start_over`.
+RESUME_MAY_CHANGE = (
+    "output_dir", "data_dir", "save_steps", "keep_last", "logging_steps", "report_to", "run_name", "torch_threads",
+    "peak_tflops", "gradient_checkpointing", "gradient_accumulation_steps", "global_batch_tokens", "start_over",
+)
 # What `pretrain tokenize` would rewrite under a run that has checkpoints.
 TOKENIZE_KEYS = ("sources", "tokenizer")
 # What a `decay_from` run continues: the model and the shape of its batches (its data may be new).
@@ -137,18 +146,18 @@ class TrainConfig:
         default=None,
         metadata={"help": "Accelerator peak TFLOP/s for MFU; default: known GPUs' dense bf16 peak, none on CPU."},
     )
+    start_over: bool = field(
+        default=False,
+        metadata={"help": "Delete the checkpoints in <output_dir>.partial and train from step 0 (a run resumes "
+                  "only with an unchanged recipe; token files and tokenizer are reused while still fresh)."},
+    )
 
-    def __post_init__(self):
-        for key in ("micro_batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, key) < 1:
-                raise UserError(f"recipe key {key!r} must be >= 1, got {getattr(self, key)}")
+    def __post_init__(self):  # each key's range: posttrain.config.RANGES, checked by parse_recipe
         if self.save_steps % self.logging_steps:  # a log line averages the steps since the last one
             raise UserError(
                 f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'logging_steps' "
                 f"({self.logging_steps}): only then does a resumed run log what an uninterrupted one does"
             )
-        if not 0 <= self.decay_fraction < 1:
-            raise UserError(f"recipe key 'decay_fraction' must be in [0, 1), got {self.decay_fraction}")
         if self.decay_from and self.lr_scheduler != "wsd":
             raise UserError("recipe key 'decay_from' needs lr_scheduler: wsd")
 
@@ -349,6 +358,26 @@ def check_resume(data: DataConfig, cfg: TrainConfig, tokens_per_step: int | None
     return resume, state
 
 
+def recipe_values(data: DataConfig, cfg: TrainConfig) -> dict:
+    """Every recipe value, JSON-normalised as a checkpoint stores it."""
+    return json.loads(json.dumps(dataclasses.asdict(data) | dataclasses.asdict(cfg)))
+
+
+def check_recipe_unchanged(state: dict, data: DataConfig, cfg: TrainConfig, resume: Path) -> None:
+    """One line naming every key that differs from the checkpoint's recipe (old -> new)."""
+    saved, now = state.get("recipe"), recipe_values(data, cfg)
+    if saved is None:  # a checkpoint from before recipes were recorded: only its identity was checked
+        return
+    changed = [
+        f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v
+    ]
+    if changed:
+        raise UserError(
+            f"{resume}: the recipe differs from the run it resumes ({'; '.join(changed)}); restore those values, "
+            "or pass --start_over to train from step 0 (its checkpoints are deleted)"
+        )
+
+
 def log_up_to(path: Path, step: int) -> list[dict]:
     """The log entries up to `step` (the run's start), with the file cut back to them: the run replays the
     lines after its checkpoint (and drops one a kill cut short, which has no newline); a run that starts
@@ -389,9 +418,13 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
     decay_source = read_checkpoint_state(Path(cfg.decay_from), "decay_from") if cfg.decay_from else None
     accum, tokens_per_step = batch_shape(cfg, data.seq_len, accelerator.num_processes)
     check_inputs(data)
-    resume, state = check_resume(data, cfg, tokens_per_step)
+    resume, state = (None, None) if cfg.start_over else check_resume(data, cfg, tokens_per_step)
+    if state:
+        check_recipe_unchanged(state, data, cfg, resume)
 
     # Validation is over: from here on files are written (into <output_dir>.partial only).
+    if cfg.start_over and main:
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the log is cut back to step 0 below
     with accelerator.main_process_first():
         tokenizer = prepare(data, work, log)
         work.mkdir(parents=True, exist_ok=True)
@@ -441,7 +474,8 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
 
     def trainer_state(step: int) -> dict:
         return {
-            "step": step, "plan": plan, "identity": identity, "decay_from_step": decay_start,
+            "step": step, "plan": plan, "identity": identity, "recipe": recipe_values(data, cfg),
+            "decay_from_step": decay_start,
             "stage": data.stage_list[curriculum.stage_at(max(step - 1, 0))].name, "tokens": step * tokens_per_step,
             "source_tokens": dict(zip(names, source_tokens.tolist())),
         }

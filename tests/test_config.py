@@ -118,7 +118,7 @@ def test_unreadable_recipe_names_the_path(tmp_path, text, message):
         path.write_text(text)
     with pytest.raises(UserError) as error:
         parse(["--config", str(path)])
-    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    assert str(error.value).startswith(f"{path}:") and message in str(error.value)  # YAML errors add :line:col
 
 
 def test_bad_recipe_exits_with_one_line_error_and_no_traceback(tmp_path):

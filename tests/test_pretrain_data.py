@@ -30,7 +30,7 @@ def data_config(tmp_path, tokenizer_dir, web_text, **overrides) -> DataConfig:
         sources=[
             {"name": "web", "type": "text", "path": str(web_text), "separator": "\n\n"},
             {"name": "rows", "type": "jsonl", "path": str(rows), "field": "body"},
-            {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 300}},
+            {"name": "sums", "type": "generator", "generator": "sums", "kwargs": {"n": 300}},
         ],
         stages=[
             {"name": "one", "tokens": 4096, "weights": {"web": 0.5, "rows": 0.25, "sums": 0.25}},
@@ -227,8 +227,8 @@ def test_bad_input_stops_before_training_with_one_line(case, expected, good_reci
     [
         ({"type": "text", "path": "blank.txt"}, r"source 'blank' \(.*blank\.txt\): no non-blank documents"),
         ({"type": "jsonl", "path": "blank.jsonl"}, r"source 'blank' \(.*blank\.jsonl\): no non-blank documents"),
-        ({"type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 0}},
-         r"source 'blank' \(test_pretrain_data:sums\): no non-blank documents"),
+        ({"type": "generator", "generator": "sums", "kwargs": {"n": 0}},
+         r"source 'blank' \(sums\): no non-blank documents"),
     ],
 )
 def test_source_without_documents_stops_before_anything_is_written(

@@ -48,7 +48,7 @@ def tiny_recipe(tmp_path, tokenizer_dir, web_text, **overrides) -> str:
         "tokenizer": str(tokenizer_dir),
         "sources": [
             {"name": "web", "type": "text", "path": str(web_text), "separator": "\n\n"},
-            {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 2000}},
+            {"name": "sums", "type": "generator", "generator": "sums", "kwargs": {"n": 2000}},
         ],
         "stages": [
             {"name": "mostly_web", "tokens": 16 * 512, "weights": {"web": 0.9, "sums": 0.1}},
@@ -180,7 +180,7 @@ def test_resume_with_a_changed_recipe_is_refused_before_anything_is_rewritten(
         "tokenizer": {"files": [str(web)], "vocab_size": 400, "sources": ["sums"]},
         "sources": [
             {"name": "web", "type": "text", "path": str(web), "separator": "\n\n"},
-            {"name": "sums", "type": "generator", "callable": "test_pretrain_data:sums", "kwargs": {"n": 2000}},
+            {"name": "sums", "type": "generator", "generator": "sums", "kwargs": {"n": 2000}},
         ],
         "save_steps": 2,
     }
@@ -303,7 +303,7 @@ def test_tiny_recipe_parses_to_a_two_stage_mixture():
     data, cfg = parse_recipe([DataConfig, TrainConfig], ["--config", str(ROOT / "recipes/tiny/pretrain.yaml")])
     assert cfg.model == "tiny" and data.tokenizer["vocab_size"] == 1024
     assert [s.name for s in data.source_list] == ["web", "task"]
-    assert data.source_list[1].callable == "posttrain.task:pretraining_documents"
+    assert data.source_list[1].generator == "arithmetic"
     assert data.stage_list[0].weights["web"] > data.stage_list[1].weights["web"]
 
 
