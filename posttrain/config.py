@@ -153,6 +153,8 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], defaults:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise UserError(f"{origin}: unknown recipe key {key!r}{hint}")
             dc, f = fields[key]
+            if key == "resume_from_checkpoint" and isinstance(value, bool):
+                value = str(value).lower()  # true/false besides a path; TrainingArguments types it as a str
             ok, value = _fits(value, hints[dc][key])
             if not ok:
                 raise UserError(
