@@ -498,7 +498,8 @@ def _check_think_reasoning(ds: Dataset, allow: bool) -> None:
         label = think_without_reasoning(row)
         if label:
             raise DataError(f"{row['where']}: field '{label}': a /think reply without reasoning; give it "
-                            "reasoning_content, make the row mode: no_think, or set allow_think_without_reasoning: true")
+                            "reasoning_content, make the row mode: no_think, or set "
+                            "allow_think_without_reasoning: true")
 
 
 # ------------------------------------------------------------------------------------- modes & mixing

@@ -195,7 +195,8 @@ def merge(models: list[str | Path], weights: list[float] | None, output_dir: str
     return final
 
 
-def _write(directory: Path, checkpoints: list[Checkpoint], weights: list[float], keys: list[str], plan, tokenizer) -> None:
+def _write(directory: Path, checkpoints: list[Checkpoint], weights: list[float], keys: list[str], plan,
+           tokenizer) -> None:
     """The merged shards, index, configs and tokenizer, into `directory`."""
     with ExitStack() as stack:
         handles = {}  # (checkpoint index, file) -> open safetensors file, memory-mapped

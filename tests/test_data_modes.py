@@ -21,7 +21,8 @@ def _chat(reply, reasoning=None, system=None, **extra):
     return {"messages": messages, **extra}
 
 
-@pytest.mark.parametrize("loader, name", [(data.load_conversations, "messages"), (data.load_preferences, "preferences")])
+@pytest.mark.parametrize("loader, name", [(data.load_conversations, "messages"),
+                                          (data.load_preferences, "preferences")])
 @pytest.mark.parametrize("text", ["", "\n  \n\t\n"])
 def test_an_empty_or_blank_data_file_is_one_line_naming_it(tmp_path, loader, name, text):
     path = tmp_path / "empty.jsonl"
@@ -48,8 +49,8 @@ def _rendered_mode(tokenizer, row) -> str:
 
 
 def test_the_counted_mode_is_the_rendered_mode_whatever_field_sets_it(tmp_path, tiny_tokenizer):
-    """A system flag, `enable_thinking` or `mode` each fix the row's mode; the template renders that mode, and
-    a /think row keeps its reasoning in the render."""
+    """A system flag, `enable_thinking` or `mode` each fix the row's mode, which no_think_fraction (here: all
+    /no_think) cannot change; the template renders that mode, and a /think row keeps its reasoning."""
     rows = [
         _chat("4", system="Be brief. /no_think"),
         _chat("4", "2+2=4", system="Careful now /think"),
@@ -58,7 +59,7 @@ def test_the_counted_mode_is_the_rendered_mode_whatever_field_sets_it(tmp_path, 
         _chat("4", "2+2=4", mode="think", system="/think"),
     ]
     ds = data.load_conversations([{"name": "messages", "path": _write(tmp_path / "m.jsonl", rows)}],
-                                 no_think_fraction=0.5, seed=0)
+                                 no_think_fraction=1.0, seed=0)
     assert ds["mode"] == ["no_think", "think", "no_think", "think", "think"]
     for row in ds:
         assert _rendered_mode(tiny_tokenizer, row) == row["mode"]

@@ -153,11 +153,15 @@ def test_overwrite_only_replaces_what_posttrain_wrote(tmp_path, tiny_model_dir, 
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".yaml"} == {
         p: b for p, b in before.items()}
-    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.old"))
+    assert not [p for pattern in ("*.partial", "*.lock", "*.old") for p in tmp_path.glob(pattern)]
 
 
-def test_merge_replaces_its_own_output_only_with_overwrite(tmp_path, tiny_model_dir):
+def test_merge_takes_the_lock_and_replaces_its_own_output_only_with_overwrite(tmp_path, tiny_model_dir):
     out = tmp_path / "merged"
+    with stage.StageOutput(str(out)).lock():
+        with pytest.raises(UserError, match=f"output_dir {out} is being written by another run"):
+            merge.merge([tiny_model_dir, tiny_model_dir], None, out)
+    assert not out.exists() and not (tmp_path / "merged.partial").exists()
     merge.merge([tiny_model_dir, tiny_model_dir], None, out)
     with pytest.raises(UserError, match="already holds a complete output; set overwrite_output_dir: true"):
         merge.merge([tiny_model_dir, tiny_model_dir], None, out)
@@ -169,22 +173,43 @@ def test_merge_replaces_its_own_output_only_with_overwrite(tmp_path, tiny_model_
 def test_sft_killed_with_sigkill_resumes_on_a_plain_rerun(tmp_path, tiny_model_dir):
     """kill -9 mid-training: the same command again takes over the dead run's lock and resumes from its last
     complete checkpoint."""
-    argv = _recipe(tmp_path, tiny_model_dir, max_steps=400)
+    argv = _recipe(tmp_path, tiny_model_dir, max_steps=60, save_steps=10, save_total_limit=2)
     cmd = [sys.executable, "-m", "posttrain", "sft", *argv]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = tmp_path / "out.partial"
     deadline = time.time() + 300
-    while stage.last_complete_checkpoint(partial) is None or stage.last_complete_checkpoint(partial).name == "checkpoint-1":
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.2)
+    while stage.last_complete_checkpoint(partial) is None:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before a checkpoint was saved"
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = stage.last_complete_checkpoint(partial)
     assert (tmp_path / "out.lock").exists() and not (tmp_path / "out").exists()
-    resumed = subprocess.run(cmd + ["--max_steps", "400"], cwd=ROOT, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "taking over the lock of pid" in resumed.stderr and "sft: resuming from" in resumed.stderr
+    assert f"taking over the lock of pid {proc.pid}" in resumed.stderr
+    assert f"sft: resuming from {killed_at}" in resumed.stderr
     record = _record(tmp_path / "out")
-    assert int(Path(record["resumed_from"]).name.split("-")[1]) >= int(killed_at.name.split("-")[1])
-    assert record["global_step"] == 400
+    assert record["resumed_from"] == str(killed_at) and record["global_step"] == 60
+
+
+def test_pipeline_rerun_keeps_a_stage_that_finished_before_it_was_recorded(tmp_path, tiny_model_dir, capsys):
+    """The pipeline stopped after a stage had renamed its output into place but before pipeline_state.json said
+    so (e.g. during its evaluation): a re-run keeps that output instead of training the stage again."""
+    import shutil
+
+    from posttrain import pipeline
+    from posttrain.config import parse_recipe
+
+    sft_out = tmp_path / "p" / "sft"
+    shutil.copytree(tiny_model_dir, sft_out)
+    (sft_out / stage.RUN_RECORD).write_text(json.dumps({"stage": "sft", "wall_s": 12.5}))
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"name": "p", "runs_dir": str(tmp_path),
+                                      "stages": {"sft": "recipes/tiny/sft.yaml"}}))
+    (args,) = parse_recipe([pipeline.PipelineArguments], ["--config", str(config)])
+    summary = pipeline.run(args)
+    assert f"[pipeline] sft: trained in an earlier run, not retrained ({sft_out})" in capsys.readouterr().out
+    assert summary["stages"]["sft"]["wall_s"] == 12.5
+    assert json.loads((tmp_path / "p" / "pipeline_state.json").read_text()) == {"sft": {"wall_s": 12.5}}
