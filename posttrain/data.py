@@ -15,11 +15,14 @@ A recipe's `datasets` is a list of sources, each a mapping:
   levels  arithmetic levels, default [1, 2, 3]
   seed    default: the loader's seed
 
-Modes. A row is /think or /no_think. User rows with a `mode` column keep it; rows that carry reasoning and no
-`mode` may go either way, and enough of them are made /no_think (their reasoning dropped, the final answer
-kept) to bring the /no_think share to `no_think_fraction`; rows without reasoning are /no_think (a /think
-turn without a trace would teach the model to skip thinking), or refused where the recipe sets
-`require_reasoning` (mid-training: every row must carry a trace). SFT and DPO rows carry the mode as a per-row
+Modes. A row is /think or /no_think, decided by `row_mode` alone from every field the template reads: a
+`mode` column, `chat_template_kwargs.enable_thinking`, and a /think or /no_think flag in the first (system)
+message (which the template lets win); fields that disagree are an error naming them. Rows that carry reasoning
+and set no mode may go either way, and enough of them are made /no_think (their reasoning dropped, the final
+answer kept) to bring the /no_think share to `no_think_fraction`; rows without reasoning are /no_think, or
+refused where the recipe sets `require_reasoning` (mid-training: every row must carry a trace). A /think row
+whose (chosen) reply has no reasoning would teach the model to skip thinking: refused unless the recipe sets
+`allow_think_without_reasoning`. SFT and DPO rows carry the mode as a per-row
 `chat_template_kwargs` column, which TRL passes to `apply_chat_template`; GRPO cannot, so RLVR/evaluation
 prompts carry it as a system message that is exactly "/think" or "/no_think" (the template honours the flag).
 

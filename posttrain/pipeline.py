@@ -6,8 +6,10 @@ previous stage's checkpoint. After every stage the checkpoint is evaluated in bo
 `runs/<name>/report.md`, `report.json` and PNG plots are written.
 
 Resume: a stage is recorded in `runs/<name>/pipeline_state.json` only once its command has exited 0 (and
-each stage renames its output into place only when complete), so a re-run skips finished stages and redoes
-the interrupted one; `--from STAGE` redoes STAGE and everything after it.
+each stage renames its output into place only when complete), so a re-run skips finished stages (also one
+whose output is complete but unrecorded, the pipeline having stopped in its evaluation) and re-runs the
+interrupted one, which resumes from the last complete checkpoint in its own `.partial`; `--from STAGE` redoes
+STAGE and everything after it.
 """
 
 from __future__ import annotations

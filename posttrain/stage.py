@@ -2,10 +2,12 @@
 atomic output directory and the run record.
 
 A stage module (midtrain, sft, dpo, rlvr) is: `parse_args` -> `StageOutput(...)` (refuses to clobber a complete
-output, writes nothing) -> `load_tokenizer` -> load + validate data -> `load_model` -> build a TRL trainer with
-`output_dir=out.partial` -> `run(...)`, which trains into `<output_dir>.partial/` and renames it to `<output_dir>`
-only when the checkpoint and its `posttrain_run.json` are complete. So bad input fails before anything is written,
-and an interrupted stage never leaves a half checkpoint where the next stage looks.
+output or anything posttrain did not write, writes nothing) -> `load_tokenizer` -> load + validate data ->
+`load_model` -> build a TRL trainer with `output_dir=out.partial` -> `run(...)`, which takes `<output_dir>.lock`,
+trains into `<output_dir>.partial/` and renames it to `<output_dir>` only when the checkpoint and its
+`posttrain_run.json` are complete. So bad input fails before anything is written, an interrupted stage never
+leaves a half checkpoint where the next stage looks, and re-running the same command resumes from the last
+complete checkpoint in `.partial` (whose run record, written at the start, must show the same recipe and data).
 
 Checkpoints are always plain transformers checkpoints (safetensors, hybrid template attached): with LoRA the run
 saves the adapter in `adapter/` AND the adapter merged into its base at the top level, so the next stage (and DPO's
@@ -498,7 +500,11 @@ class StageRun:
         the output dir. Rank 0 holds the output's lock throughout."""
         trainer, out = self.trainer, self.out
         with out.lock() if trainer.is_world_process_zero() else contextlib.nullcontext():
-            resume = out.resume_point(_resume_value(trainer.args.resume_from_checkpoint), self.name, self.record)
+            try:
+                resume = out.resume_point(_resume_value(trainer.args.resume_from_checkpoint), self.name, self.record)
+            except UserError:
+                out.abandon()  # the empty `.partial` the Trainer made; checkpoints are kept
+                raise
             if trainer.is_world_process_zero():
                 out.start({"stage": self.name, **self.record, "command": sys.argv},
                           keep_partial=resume is not None and Path(resume).parent == out.partial)

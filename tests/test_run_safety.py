@@ -87,6 +87,7 @@ def test_resume_from_checkpoint_takes_true_false_or_a_path(tmp_path, tiny_model_
     argv = _recipe(tmp_path, tiny_model_dir)
     with pytest.raises(UserError, match=r"resume_from_checkpoint': true, but .*out.partial holds no complete"):
         sft.main(argv + ["--resume_from_checkpoint", "true"])
+    assert not (tmp_path / "out.partial").exists()
     _interrupted(argv)
     partial = tmp_path / "out.partial"
     # false: start over with a changed recipe, discarding the checkpoints, said in the log
