@@ -432,7 +432,7 @@ def _alive(pid) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's process, alive
     return True
 
 
