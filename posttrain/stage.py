@@ -346,11 +346,19 @@ class StageOutput:
             except FileExistsError:
                 owner = _lock_owner(self.lock_path)
                 if owner is None or owner.get("host") != me["host"] or _alive(owner.get("pid")):
-                    raise UserError(f"output_dir {self.final} is being written by another run ({self.lock_path}: "
-                                    f"{owner or 'unreadable'}); wait for it, or delete the lock if that run is "
-                                    "gone") from None
+                    raise self._locked(owner) from None
+                # Moved aside, not deleted: of two runs taking over at once, one moves the dead lock and the
+                # other finds it gone (or moves the winner's, and gives it back).
+                stale = self.lock_path.with_name(f"{self.lock_path.name}.{me['pid']}.stale")
+                try:
+                    os.rename(self.lock_path, stale)
+                except FileNotFoundError:
+                    continue
+                if _lock_owner(stale) != owner:
+                    os.replace(stale, self.lock_path)
+                    raise self._locked(_lock_owner(self.lock_path))
+                stale.unlink()
                 logger.info("%s: taking over the lock of pid %s (no longer running)", self.lock_path, owner["pid"])
-                self.lock_path.unlink(missing_ok=True)
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         try:
@@ -358,6 +366,10 @@ class StageOutput:
             yield
         finally:
             self.lock_path.unlink(missing_ok=True)
+
+    def _locked(self, owner: dict | None) -> UserError:
+        return UserError(f"output_dir {self.final} is being written by another run ({self.lock_path}: "
+                         f"{owner or 'unreadable'}); wait for it, or delete the lock if that run is gone")
 
     def abandon(self) -> None:
         """Remove the empty `.partial` the Trainer creates when it is built, for a stage that fails a check made
