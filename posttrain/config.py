@@ -325,6 +325,8 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], defaults:
             tp = hints[dc][key]
             if values is overrides:
                 value = _from_command_line(value, tp)
+            if key == "resume_from_checkpoint" and isinstance(value, bool):
+                value = str(value).lower()  # true/false besides a path; TrainingArguments types it as a str
             ok, value = _fits(value, tp)
             if not ok:
                 # YAML reads an unquoted no/off/yes/on as a boolean

@@ -15,11 +15,14 @@ A recipe's `datasets` is a list of sources, each a mapping:
   levels  arithmetic levels, default [1, 2, 3]
   seed    default: the loader's seed
 
-Modes. A row is /think or /no_think. User rows with a `mode` column keep it; rows that carry reasoning and no
-`mode` may go either way, and enough of them are made /no_think (their reasoning dropped, the final answer
-kept) to bring the /no_think share to `no_think_fraction`; rows without reasoning are /no_think (a /think
-turn without a trace would teach the model to skip thinking), or refused where the recipe sets
-`require_reasoning` (mid-training: every row must carry a trace). SFT and DPO rows carry the mode as a per-row
+Modes. A row is /think or /no_think, decided by `row_mode` alone from every field the template reads: a
+`mode` column, `chat_template_kwargs.enable_thinking`, and a /think or /no_think flag in the first (system)
+message (which the template lets win); fields that disagree are an error naming them. Rows that carry reasoning
+and set no mode may go either way, and enough of them are made /no_think (their reasoning dropped, the final
+answer kept) to bring the /no_think share to `no_think_fraction`; rows without reasoning are /no_think, or
+refused where the recipe sets `require_reasoning` (mid-training: every row must carry a trace). A /think row
+whose (chosen) reply has no reasoning would teach the model to skip thinking: refused unless the recipe sets
+`allow_think_without_reasoning`. SFT and DPO rows carry the mode as a per-row
 `chat_template_kwargs` column, which TRL passes to `apply_chat_template`; GRPO cannot, so RLVR/evaluation
 prompts carry it as a system message that is exactly "/think" or "/no_think" (the template honours the flag).
 
@@ -285,17 +288,18 @@ def read_jsonl(path: str, rows: int | None = None) -> Iterator[tuple[str, dict]]
     if not Path(path).is_file():
         raise DataError(f"{path}: data file not found (relative paths start at {Path.cwd()})")
     taken = 0
-    with open(path, encoding="utf-8") as fh:
-        line_no = 0
-        while rows is None or taken < rows:
-            where = f"{path}: row {line_no + 1}"
-            try:
-                line = fh.readline()
-            except UnicodeDecodeError:
-                raise DataError(f"{where}: not UTF-8 text") from None
-            if not line:
+    # Bytes decoded line by line: a text-mode reader decodes ahead in blocks, so a bad byte would be reported
+    # on an earlier row.
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            if rows is not None and taken >= rows:
                 return
-            line_no += 1
+            where = f"{path}: row {line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may open the file
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at byte {e.start + 1} of the "
+                                "line)") from None
             if not line.strip():
                 continue
             try:
@@ -407,10 +411,11 @@ def parse_messages(value, where: str, field: str = "messages", need_assistant: b
     return turns
 
 
-def _conversation_kwargs(row: dict, where: str) -> tuple[dict, str | None]:
-    """(template kwargs, mode) a user row brings: `xml_tools` / `python_tools` (tool signatures for the system
+def _conversation_kwargs(row: dict, where: str) -> dict:
+    """The template kwargs a user row brings: `xml_tools` / `python_tools` (tool signatures for the system
     turn: objects, rendered as the template renders them, or strings) and `custom_instructions`, at the top
-    level or in a `chat_template_kwargs` object (SmolTalk2's layout, whose `enable_thinking` gives the mode)."""
+    level or in a `chat_template_kwargs` object (SmolTalk2's layout; its `enable_thinking` is read by
+    `row_mode`)."""
     nested = row.get("chat_template_kwargs") or {}
     if not isinstance(nested, dict):
         raise DataError(f"{where}: field 'chat_template_kwargs': must be an object")
@@ -426,29 +431,78 @@ def _conversation_kwargs(row: dict, where: str) -> tuple[dict, str | None]:
                 raise DataError(f"{where}: field '{label}': must be a list of tool signatures (objects or strings)")
             value = [t if isinstance(t, str) else str(t) for t in value]  # what the template's `tool | string` writes
         kwargs[key] = value
-    thinking = nested.get("enable_thinking")
-    if thinking is not None and not isinstance(thinking, bool):
-        raise DataError(f"{where}: field 'chat_template_kwargs.enable_thinking': must be true or false")
-    return kwargs, None if thinking is None else ("think" if thinking else "no_think")
+    return kwargs
 
 
-def _check_mode(turns: list[dict], mode: str | None, where: str, field: str, require_reasoning: bool) -> str | None:
-    """The row's mode: given, or None (either) when its assistant turns reason, else no_think. Raises on a
-    reasoning /no_think turn, and with `require_reasoning` on a turn that may train /think without reasoning
-    (an untagged row without reasoning included: only an explicit `mode: no_think` exempts a row)."""
-    assistant = [(i, t) for i, t in enumerate(turns) if t["role"] == "assistant"]
+def system_flag(turns: list[dict]) -> str | None:
+    """The mode a first system message sets, read as the template reads it: "/no_think" anywhere in its text
+    wins, else "/think" anywhere; either overrides `enable_thinking`."""
+    if not turns or turns[0]["role"] != "system":
+        return None
+    text = turns[0]["content"]
+    return "no_think" if "/no_think" in text else "think" if "/think" in text else None
+
+
+def row_mode(row: dict, where: str, turns: list[dict], field: str, replies: list[tuple[str, dict]],
+             require_reasoning: bool = False) -> str | None:
+    """The mode of a user row, decided here only, from every field the template reads: `mode`,
+    `chat_template_kwargs.enable_thinking` and a /think or /no_think flag in the first (system) message of
+    `turns` (`field`). Fields that disagree are an error naming them. With none: None (either way, filled by
+    `assign_modes`) when a reply (`(field, turn)`) reasons, else no_think -- or, with `require_reasoning`, an
+    error (only an explicit no_think exempts a row). A reasoning reply in /no_think is an error: the template
+    would drop the reasoning."""
+    said = []
+    if _mode(row, where) is not None:
+        said.append(("mode", row["mode"]))
+    nested = row.get("chat_template_kwargs") or {}
+    thinking = nested.get("enable_thinking") if isinstance(nested, dict) else None
+    if thinking is not None:
+        if not isinstance(thinking, bool):
+            raise DataError(f"{where}: field 'chat_template_kwargs.enable_thinking': must be true or false")
+        said.append(("chat_template_kwargs.enable_thinking", "think" if thinking else "no_think"))
+    if system_flag(turns):
+        said.append((f"{field}[0].content", system_flag(turns)))
+    for label, mode in said[1:]:
+        if mode != said[0][1]:
+            raise DataError(f"{where}: field '{label}': says /{mode}, but field '{said[0][0]}' says /{said[0][1]}")
+    mode = said[0][1] if said else None
     if mode == "no_think":
-        for i, t in assistant:
-            if t["reasoning_content"]:
-                raise DataError(f"{where}: field '{field}[{i}].content': a {THINK_OPEN} block in a /no_think answer")
+        for label, turn in replies:
+            if turn["reasoning_content"]:
+                raise DataError(f"{where}: field '{label}.content': a {THINK_OPEN} block in a /no_think answer")
         return mode
-    if mode is None and not require_reasoning and not any(t["reasoning_content"] for _, t in assistant):
-        return "no_think"
     if require_reasoning:
-        for i, t in assistant:
-            if not t["reasoning_content"]:
-                raise DataError(f"{where}: field '{field}[{i}]': /think assistant turn without reasoning")
+        for label, turn in replies:
+            if not turn["reasoning_content"]:
+                raise DataError(f"{where}: field '{label}': /think assistant turn without reasoning")
+    if mode is None and not any(turn["reasoning_content"] for _, turn in replies):
+        return "no_think"
     return mode
+
+
+def _assistant_turns(turns: list[dict], field: str) -> list[tuple[str, dict]]:
+    return [(f"{field}[{i}]", t) for i, t in enumerate(turns) if t["role"] == "assistant"]
+
+
+def think_without_reasoning(row: dict) -> str | None:
+    """The field of the first trained reply of a /think row that carries no reasoning (it trains "think mode,
+    no thinking"), or None. Preference rows: the chosen reply only (a rejected one may skip thinking on
+    purpose)."""
+    if row["mode"] != "think":
+        return None
+    field = "messages" if "messages" in row else "chosen"
+    return next((label for label, t in _assistant_turns(row[field], field) if not t["reasoning_content"]), None)
+
+
+def _check_think_reasoning(ds: Dataset, allow: bool) -> None:
+    if allow:
+        return
+    for row in ds:
+        label = think_without_reasoning(row)
+        if label:
+            raise DataError(f"{row['where']}: field '{label}': a /think reply without reasoning; give it "
+                            "reasoning_content, make the row mode: no_think, or set "
+                            "allow_think_without_reasoning: true")
 
 
 # ------------------------------------------------------------------------------------- modes & mixing
@@ -510,9 +564,10 @@ def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: in
     parts = []
     for source in parse_sources(sources, adapters):
         rows = [{key: row.get(key) for key in features} for row in adapters[source.name](source)]  # absent: None
+        if not rows:
+            raise DataError(f"{source.label}: no rows (the file is empty or holds only blank lines)"
+                            if source.kind == "jsonl" else f"{source.label}: no rows")
         ds = Dataset.from_list(rows, features=features)
-        if not len(ds):
-            raise DataError(f"{source.label}: no rows")
         parts.append((source, ds))
     if parts[0][0].weight is None:
         return concatenate_datasets([ds for _, ds in parts])
@@ -579,8 +634,8 @@ def _arithmetic_conversations(source: Source, seed: int) -> Iterator[dict]:
 
 def _gsm8k_conversations(source: Source) -> Iterator[dict]:
     for where, question, reasoning, answer in _gsm8k_rows(source):
-        reply = _turn("assistant", _boxed_sentence(answer), reasoning)
-        yield {"messages": [_turn("user", question), reply], "mode": None, "where": where}
+        reply = _turn("assistant", _boxed_sentence(answer), reasoning or None)
+        yield {"messages": [_turn("user", question), reply], "mode": None if reasoning else "no_think", "where": where}
 
 
 def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dict]:
@@ -588,9 +643,8 @@ def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dic
         if "messages" not in row:
             raise DataError(f"{where}: field 'messages': missing")
         turns = parse_messages(row["messages"], where)
-        kwargs, kwargs_mode = _conversation_kwargs(row, where)
-        mode = _mode(row, where) or kwargs_mode
-        mode = _check_mode(turns, mode, where, "messages", require_reasoning)
+        kwargs = _conversation_kwargs(row, where)
+        mode = row_mode(row, where, turns, "messages", _assistant_turns(turns, "messages"), require_reasoning)
         yield {"messages": turns, "mode": mode, "where": where, "chat_template_kwargs": kwargs}
 
 
@@ -634,7 +688,8 @@ def _gsm8k_pairs(source: Source) -> Iterator[dict]:
             for bad, rejected in wrong:
                 if good != bad:
                     prompt = [_turn("user", question)]
-                    yield {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "mode": None, "where": where}
+                    mode = None if chosen["reasoning_content"] else "no_think"
+                    yield {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "mode": mode, "where": where}
 
 
 def _completion_field(row: dict, where: str, field: str) -> list[dict]:
@@ -660,15 +715,14 @@ def _prompt_field(row: dict, where: str, reserved_system: bool = False) -> list[
 
 
 def _user_pairs(source: Source) -> Iterator[dict]:
-    """User pairs keep their mode: `mode` if given, else /think when the chosen answer reasons. They are
-    not re-derived, since a pair's point usually lies in its reasoning."""
+    """User pairs keep their mode (`row_mode`), else /think when the chosen answer reasons. They are not
+    re-derived, since a pair's point usually lies in its reasoning."""
     for where, row in read_rows(source):
         prompt = _prompt_field(row, where)
         chosen, rejected = _completion_field(row, where, "chosen"), _completion_field(row, where, "rejected")
         if chosen == rejected:
             raise DataError(f"{where}: field 'rejected': same as 'chosen'")
-        mode = _mode(row, where) or ("think" if chosen[0]["reasoning_content"] else "no_think")
-        _check_mode(chosen, mode, where, "chosen", require_reasoning=False)
+        mode = row_mode(row, where, prompt, "prompt", [("chosen[0]", chosen[0])]) or "think"
         if mode == "no_think" and rejected[0]["reasoning_content"]:  # the template ignores reasoning_content here
             reasoning, answer = rejected[0]["reasoning_content"], rejected[0]["content"]
             rejected = [_turn("assistant", f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{answer}")]
@@ -709,7 +763,8 @@ def _user_prompts(source: Source) -> Iterator[dict]:
 # ----------------------------------------------------------------------------------------------- loaders
 
 
-def load_conversations(sources, *, no_think_fraction: float, seed: int, require_reasoning: bool = False) -> Dataset:
+def load_conversations(sources, *, no_think_fraction: float, seed: int, require_reasoning: bool = False,
+                       allow_think_without_reasoning: bool = False) -> Dataset:
     """SFT / mid-training rows: `messages`, `mode`, `where`, `chat_template_kwargs` (`enable_thinking`, and the
     row's own `xml_tools`, `python_tools`, `custom_instructions` or None). Sources: arithmetic, gsm8k, messages
     (user rows with `messages`: optional `reasoning_content` or `<think>` blocks in assistant turns, assistant
@@ -721,6 +776,7 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
         "messages": functools.partial(_user_conversations, require_reasoning=require_reasoning),
     }
     ds = _with_modes(_combine(sources, adapters, CONVERSATION, seed), no_think_fraction, seed)
+    _check_think_reasoning(ds, allow_think_without_reasoning)
 
     def render(row):
         think = row["mode"] == "think"
@@ -730,7 +786,8 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
     return ds.map(render, features=CONVERSATION)
 
 
-def load_preferences(sources, *, no_think_fraction: float, seed: int) -> Dataset:
+def load_preferences(sources, *, no_think_fraction: float, seed: int,
+                     allow_think_without_reasoning: bool = False) -> Dataset:
     """DPO rows in TRL's conversational preference format: `prompt` (the user turn), `chosen`, `rejected`
     (one assistant message each), `chat_template_kwargs`, `mode`. Sources: arithmetic (right vs wrong
     answer, and mode violations), gsm8k_pairs (right vs wrong model solution), preferences (user jsonl
@@ -742,6 +799,7 @@ def load_preferences(sources, *, no_think_fraction: float, seed: int) -> Dataset
         "preferences": _user_pairs,
     }
     ds = _with_modes(_combine(sources, adapters, PREFERENCE, seed), no_think_fraction, seed)
+    _check_think_reasoning(ds, allow_think_without_reasoning)
 
     def render(row):
         think = row["mode"] == "think"

@@ -84,7 +84,8 @@ def build(script: DPOScriptArguments, training, model_args) -> stage.StageRun:
     training.learning_rate, lr_origin = resolve_learning_rate(script, training, model_args)
     logger.info("dpo: learning_rate %g (%s)", training.learning_rate, lr_origin)
     tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
-    dataset = data.load_preferences(script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed)
+    dataset = data.load_preferences(script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed,
+                                    allow_think_without_reasoning=script.allow_think_without_reasoning)
     dataset, data_record = stage.select_rows("dpo", dataset, tokenizer, training.max_length, script)
 
     model = stage.load_model(model_args, tokenizer, new_tokens)

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from posttrain.config import parse_recipe, recipe_help
 from posttrain.errors import UserError
-from posttrain.stage import RUN_RECORD, StageOutput
+from posttrain.stage import RUN_RECORD, StageOutput, write_json_atomic
 
 logger = logging.getLogger("posttrain")
 
@@ -179,7 +179,25 @@ def merge(models: list[str | Path], weights: list[float] | None, output_dir: str
         )
     except ValueError:
         raise UserError(f"recipe key 'max_shard_size': {max_shard_size!r} is not a size like 2GB or 500MB") from None
-    out.start()
+    with out.lock():
+        out.start({"stage": "merge", "models": [str(m) for m in models], "weights": weights, "command": sys.argv})
+        _write(out.partial, checkpoints, weights, keys, plan, tokenizer)
+        record = {
+            "stage": "merge", "models": [str(m) for m in models], "weights": weights, "weights_given": weights_given,
+            "tensors": len(keys), "tied_left_out": sorted(k for k in tied if any(k in c.tensors for c in checkpoints)),
+            "files": list(plan.filename_to_tensors), "tokenizer_from": str(models[0]) if tokenizer else None,
+            "wall_s": round(time.perf_counter() - start, 2), "command": sys.argv,
+        }
+        write_json_atomic(out.partial / RUN_RECORD, record)
+        final = out.commit()
+    logger.info("merge: %d tensors of %d models (weights %s) -> %s", len(keys), len(models),
+                [round(w, 4) for w in weights], final)
+    return final
+
+
+def _write(directory: Path, checkpoints: list[Checkpoint], weights: list[float], keys: list[str], plan,
+           tokenizer) -> None:
+    """The merged shards, index, configs and tokenizer, into `directory`."""
     with ExitStack() as stack:
         handles = {}  # (checkpoint index, file) -> open safetensors file, memory-mapped
 
@@ -197,26 +215,15 @@ def merge(models: list[str | Path], weights: list[float] | None, output_dir: str
                 for i in range(1, len(checkpoints)):
                     total.add_(tensor(i, key).to(torch.float32), alpha=weights[i])
                 shard[key] = total.to(first_tensor.dtype)
-            save_file(shard, out.partial / filename, metadata={"format": "pt"})
+            save_file(shard, directory / filename, metadata={"format": "pt"})
     if plan.is_sharded:
         index = {"metadata": plan.metadata, "weight_map": plan.tensor_to_filename}
-        (out.partial / INDEX).write_text(json.dumps(index, indent=2))
+        (directory / INDEX).write_text(json.dumps(index, indent=2))
     for name in ("config.json", "generation_config.json"):
         if (checkpoints[0].path / name).is_file():
-            shutil.copy2(checkpoints[0].path / name, out.partial / name)
+            shutil.copy2(checkpoints[0].path / name, directory / name)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out.partial)
-    record = {
-        "stage": "merge", "models": [str(m) for m in models], "weights": weights, "weights_given": weights_given,
-        "tensors": len(keys), "tied_left_out": sorted(k for k in tied if any(k in c.tensors for c in checkpoints)),
-        "files": list(plan.filename_to_tensors), "tokenizer_from": str(models[0]) if tokenizer else None,
-        "wall_s": round(time.perf_counter() - start, 2), "command": sys.argv,
-    }
-    (out.partial / RUN_RECORD).write_text(json.dumps(record, indent=2))
-    final = out.commit()
-    logger.info("merge: %d tensors of %d models (weights %s) -> %s", len(keys), len(models),
-                [round(w, 4) for w in weights], final)
-    return final
+        tokenizer.save_pretrained(directory)
 
 
 def main(argv):

@@ -6,8 +6,10 @@ previous stage's checkpoint. After every stage the checkpoint is evaluated in bo
 `runs/<name>/report.md`, `report.json` and PNG plots are written.
 
 Resume: a stage is recorded in `runs/<name>/pipeline_state.json` only once its command has exited 0 (and
-each stage renames its output into place only when complete), so a re-run skips finished stages and redoes
-the interrupted one; `--from STAGE` redoes STAGE and everything after it.
+each stage renames its output into place only when complete), so a re-run skips finished stages (also one
+whose output is complete but unrecorded, the pipeline having stopped in its evaluation) and re-runs the
+interrupted one, which resumes from the last complete checkpoint in its own `.partial`; `--from STAGE` redoes
+STAGE and everything after it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from posttrain.errors import UserError
 
 STAGE_ORDER = ("pretrain", "midtrain", "sft", "dpo", "rlvr", "merge")
 # The kind of rows each post-training stage reads (a key of `posttrain.data.SOURCE_NAMES`).
+# What a finished stage's output holds (posttrain stages and merge; pretrain)
+COMPLETE = ("posttrain_run.json", "pretrain_state.json")
 STAGE_ROWS = {"midtrain": "conversations", "sft": "conversations", "dpo": "preferences", "rlvr": "prompts"}
 
 
@@ -104,6 +108,24 @@ def _log_metric(stage_dir: Path, key: str, window: int = 5) -> tuple[float | Non
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
+def _train(stage: str, cmd: list[str], out: Path) -> float:
+    """Run a stage's command; its wall time. A stage redone (--from) keeps its old output aside until it
+    succeeds; an interrupted one resumes from its own `<out>.partial` on the next run."""
+    previous = out.with_name(out.name + ".previous")
+    if out.is_dir():  # stages refuse to overwrite
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+    print(f"[pipeline] {stage}: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if code != 0:
+        if previous.is_dir() and not out.exists():
+            previous.rename(out)
+        raise UserError(f"stage {stage} failed (exit {code}); finished stages are kept, re-run to resume")
+    shutil.rmtree(previous, ignore_errors=True)
+    return round(time.perf_counter() - start, 1)
+
+
 def check_training_sources(args: PipelineArguments) -> None:
     """Every post-training stage's `datasets` (its recipe under its overrides) can be loaded: a missing file or
     an unreachable Hub dataset stops the pipeline here, not after the stages before it have run for minutes."""
@@ -141,12 +163,12 @@ def run(args: PipelineArguments) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "pipeline_state.json"
     state = _load_json(state_path, {})
-    if args.from_stage:
-        for stage in order[order.index(args.from_stage):]:
-            state.pop(stage, None)
+    redo = order[order.index(args.from_stage):] if args.from_stage else []
+    for stage in redo:
+        state.pop(stage, None)
 
     outputs: dict[str, Path] = {}
-    previous_model, previous_eval = None, None
+    previous_model = None
     for stage in order:
         out = run_dir / stage
         outputs[stage] = out
@@ -154,23 +176,17 @@ def run(args: PipelineArguments) -> dict:
             print(f"[pipeline] {stage}: done in an earlier run, skipped ({out})", flush=True)
         else:
             state.pop(stage, None)
-            if stage == "merge":
-                cmd = _merge_command(args.merge, outputs, out)
+            record = next((out / f for f in COMPLETE if (out / f).is_file()), None) if stage not in redo else None
+            if record is not None:  # the pipeline stopped after the stage, before recording it (e.g. in evaluation)
+                print(f"[pipeline] {stage}: trained in an earlier run, not retrained ({out})", flush=True)
+                state[stage] = {"wall_s": _load_json(record, {}).get("wall_s", 0.0)}
             else:
-                cmd = _stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
-            previous = out.with_name(out.name + ".previous")
-            if out.is_dir():  # redone (--from): stages refuse to overwrite, so keep the old one aside until success
-                shutil.rmtree(previous, ignore_errors=True)
-                out.rename(previous)
-            print(f"[pipeline] {stage}: {' '.join(cmd[1:])}", flush=True)
-            start = time.perf_counter()
-            code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            if code != 0:
-                if previous.is_dir() and not out.exists():
-                    previous.rename(out)
-                raise UserError(f"stage {stage} failed (exit {code}); finished stages are kept, re-run to resume")
-            shutil.rmtree(previous, ignore_errors=True)
-            state[stage] = {"wall_s": round(time.perf_counter() - start, 1)}
+                if stage == "merge":
+                    cmd = _merge_command(args.merge, outputs, out)
+                else:
+                    overrides = args.stage_overrides.get(stage, {})
+                    cmd = _stage_command(stage, args.stages[stage], previous_model, out, overrides)
+                state[stage] = {"wall_s": _train(stage, cmd, out)}
             if eval_prompts is not None:
                 print(f"[pipeline] {stage}: evaluating {len(eval_prompts)} prompts", flush=True)
                 start = time.perf_counter()

@@ -51,7 +51,7 @@ def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.
     tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
     dataset = data.load_conversations(
         script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed,
-        require_reasoning=script.require_reasoning,
+        require_reasoning=script.require_reasoning, allow_think_without_reasoning=script.allow_think_without_reasoning,
     )
     dataset, data_record = stage.select_rows(name, dataset, tokenizer, training.max_length, script)
 

@@ -2,10 +2,12 @@
 atomic output directory and the run record.
 
 A stage module (midtrain, sft, dpo, rlvr) is: `parse_args` -> `StageOutput(...)` (refuses to clobber a complete
-output, writes nothing) -> `load_tokenizer` -> load + validate data -> `load_model` -> build a TRL trainer with
-`output_dir=out.partial` -> `run(...)`, which trains into `<output_dir>.partial/` and renames it to `<output_dir>`
-only when the checkpoint and its `posttrain_run.json` are complete. So bad input fails before anything is written,
-and an interrupted stage never leaves a half checkpoint where the next stage looks.
+output or anything posttrain did not write, writes nothing) -> `load_tokenizer` -> load + validate data ->
+`load_model` -> build a TRL trainer with `output_dir=out.partial` -> `run(...)`, which takes `<output_dir>.lock`,
+trains into `<output_dir>.partial/` and renames it to `<output_dir>` only when the checkpoint and its
+`posttrain_run.json` are complete. So bad input fails before anything is written, an interrupted stage never
+leaves a half checkpoint where the next stage looks, and re-running the same command resumes from the last
+complete checkpoint in `.partial` (whose run record, written at the start, must show the same recipe and data).
 
 Checkpoints are always plain transformers checkpoints (safetensors, hybrid template attached): with LoRA the run
 saves the adapter in `adapter/` AND the adapter merged into its base at the top level, so the next stage (and DPO's
@@ -14,11 +16,14 @@ reference model, which TRL reloads from the path) loads it with `AutoModelForCau
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import shutil
+import socket
 import sys
 import time
 from collections import Counter
@@ -68,7 +73,14 @@ class StageArguments:
                                 "model_name_or_path, whose GGUF file carries its tokenizer too."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace an existing complete output_dir (refused otherwise)."}
+        default=False, metadata={"help": "Replace an existing complete output_dir (refused otherwise; only ever a "
+                                 "directory posttrain wrote, one holding posttrain_run.json)."}
+    )
+    allow_think_without_reasoning: bool = field(
+        default=False,
+        metadata={"help": "SFT/DPO: accept /think rows whose (chosen) assistant reply carries no reasoning, which "
+                  "train the think mode to skip thinking; refused by default. Counted in the run record "
+                  "(data.think_without_reasoning) either way."},
     )
 
 
@@ -271,7 +283,8 @@ def select_rows(name: str, dataset, tokenizer, max_length: int | None, script: S
     """Drop (or refuse, per `overlong_policy`) rows longer than `max_length` before TRL would truncate them, count
     rows per mode, log both, and fail if a mode the mixture asks for is left empty.
 
-    Returns (dataset, data record for posttrain_run.json: fingerprint, rows and dropped rows per mode)."""
+    Returns (dataset, data record for posttrain_run.json: fingerprint, rows and dropped rows per mode, the /think
+    rows without reasoning that `allow_think_without_reasoning` let through)."""
     from posttrain import data
 
     dropped = dict.fromkeys(MODES, 0)
@@ -280,22 +293,83 @@ def select_rows(name: str, dataset, tokenizer, max_length: int | None, script: S
     counts = rows_per_mode(dataset)
     logger.info("%s: rows per mode %s; dropped as longer than max_length=%s: %s", name, counts, max_length, dropped)
     require_modes(counts, script.no_think_fraction, f"{name} datasets")
-    return dataset, {"fingerprint": data.fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped}
+    return dataset, {"fingerprint": data.fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped,
+                     "think_without_reasoning": sum(bool(data.think_without_reasoning(row)) for row in dataset)}
 
 
 # ----------------------------------------------------------------------------------------- output directory
 
 class StageOutput:
-    """`<output_dir>.partial/` while training, renamed to `<output_dir>` when the stage is complete.
+    """`<output_dir>.partial/` while training, renamed to `<output_dir>` when the stage is complete; one writer at
+    a time, through the lock file `<output_dir>.lock`.
 
-    Constructing it only checks (nothing is written): an existing non-empty output_dir is refused unless
-    `overwrite` is set."""
+    Constructing it only checks (nothing is written): output_dir must be a directory path whose parent is not a
+    file; an existing non-empty output_dir must be one this toolkit wrote (it holds posttrain_run.json) and is
+    replaced only with `overwrite`. A file or a foreign directory is never touched, overwrite or not."""
 
     def __init__(self, output_dir: str, overwrite: bool = False):
         self.final = Path(output_dir)
         self.partial = self.final.with_name(self.final.name + ".partial")
-        if self.final.exists() and not (self.final.is_dir() and not any(self.final.iterdir())) and not overwrite:
-            raise UserError(f"output_dir {self.final} already holds a complete output; set overwrite_output_dir: true")
+        self.lock_path = self.final.with_name(self.final.name + ".lock")
+        self.overwrite = overwrite
+        self.check()
+
+    def check(self) -> None:
+        """Refuse an output_dir this run must not write; run again under the lock (another run may have
+        finished in between)."""
+        for parent in self.final.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(f"output_dir {self.final}: {parent} is a file, not a directory")
+        for path in (self.final, self.partial):
+            if path.exists() and not path.is_dir():
+                raise UserError(f"output_dir {self.final}: {path} is a file, not a directory; choose another "
+                                "output_dir (posttrain never deletes a file it did not write)")
+        if not self.final.is_dir() or not any(self.final.iterdir()):
+            return
+        if not (self.final / RUN_RECORD).is_file():
+            raise UserError(f"output_dir {self.final} is a non-empty directory that posttrain did not write (no "
+                            f"{RUN_RECORD}); choose another output_dir (it is never overwritten)")
+        if not self.overwrite:
+            raise UserError(f"output_dir {self.final} already holds a complete output; set overwrite_output_dir: "
+                            "true to replace it")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold `<output_dir>.lock` ({pid, host}, created with O_EXCL) while writing: a second writer fails naming
+        the owner; a lock left by a dead process of this host (kill -9) is taken over. Released on any exit."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                owner = _lock_owner(self.lock_path)
+                if owner is None or owner.get("host") != me["host"] or _alive(owner.get("pid")):
+                    raise self._locked(owner) from None
+                # Moved aside, not deleted: of two runs taking over at once, one moves the dead lock and the
+                # other finds it gone (or moves the winner's, and gives it back).
+                stale = self.lock_path.with_name(f"{self.lock_path.name}.{me['pid']}.stale")
+                try:
+                    os.rename(self.lock_path, stale)
+                except FileNotFoundError:
+                    continue
+                if _lock_owner(stale) != owner:
+                    os.replace(stale, self.lock_path)
+                    raise self._locked(_lock_owner(self.lock_path))
+                stale.unlink()
+                logger.info("%s: taking over the lock of pid %s (no longer running)", self.lock_path, owner["pid"])
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        try:
+            self.check()
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+
+    def _locked(self, owner: dict | None) -> UserError:
+        return UserError(f"output_dir {self.final} is being written by another run ({self.lock_path}: "
+                         f"{owner or 'unreadable'}); wait for it, or delete the lock if that run is gone")
 
     def abandon(self) -> None:
         """Remove the empty `.partial` the Trainer creates when it is built, for a stage that fails a check made
@@ -303,17 +377,47 @@ class StageOutput:
         if self.partial.is_dir() and not any(self.partial.iterdir()):
             self.partial.rmdir()
 
-    def start(self, keep_partial: bool = False) -> None:
-        """Clear a stale `.partial` left by an interrupted run (kept when resuming from one of its checkpoints)."""
+    def resume_point(self, resume: str | None, name: str, record: dict) -> str | None:
+        """The checkpoint to resume from, per `resume_from_checkpoint`: unset or true, the last complete
+        `checkpoint-N` in `.partial` (true: one must exist), if the run that wrote it had the same recipe and data;
+        false, none (start over); else the path given. Checks only: `start` writes."""
+        if resume not in (None, "true", "false"):
+            if not (Path(resume) / "trainer_state.json").is_file():
+                raise UserError(f"recipe key 'resume_from_checkpoint': {resume} is not a complete Trainer "
+                                "checkpoint (no trainer_state.json)")
+            return resume
+        checkpoint = None if resume == "false" else last_complete_checkpoint(self.partial)
+        if checkpoint is None:
+            if resume == "true":
+                raise UserError(f"recipe key 'resume_from_checkpoint': true, but {self.partial} holds no complete "
+                                "checkpoint to resume from")
+            return None
+        previous = read_run_record(self.partial)
+        if previous is None:
+            raise UserError(f"{self.partial}: checkpoints without a {RUN_RECORD} to compare the recipe with; set "
+                            "resume_from_checkpoint: false to start over, or to a checkpoint path")
+        changed = _differences(_comparable(previous), _comparable(record))
+        if changed:
+            raise UserError(f"{self.partial}: the recipe changed since the interrupted run ({'; '.join(changed)}); "
+                            "re-run it unchanged to resume, or set resume_from_checkpoint: false to start over")
+        logger.info("%s: resuming from %s (resume_from_checkpoint: false starts over)", name, checkpoint)
+        return str(checkpoint)
+
+    def start(self, record: dict, keep_partial: bool = False) -> None:
+        """Clear a stale `.partial` left by an interrupted run (kept when resuming from one of its checkpoints)
+        and write the run's recipe into it, to be compared by a later resume."""
         if self.partial.exists() and not keep_partial:
+            if any(self.partial.iterdir()):
+                logger.info("%s: starting over, discarding %s", self.final, self.partial)
             shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.partial / RUN_RECORD, record)
 
     def commit(self) -> Path:
-        """Drop the Trainer's resume checkpoints and move the finished output into place."""
+        """Drop the Trainer's resume checkpoints and move the finished output into place (under `lock`)."""
         for checkpoint in self.partial.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
-        if self.final.exists():
+        if self.final.exists():  # an output this toolkit wrote (`check`), replaced with overwrite_output_dir
             old = self.final.with_name(self.final.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
             self.final.rename(old)
@@ -322,6 +426,58 @@ class StageOutput:
         else:
             self.partial.rename(self.final)
         return self.final
+
+
+def _lock_owner(path: Path) -> dict | None:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown owner: never taken over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process, alive
+    return True
+
+
+def last_complete_checkpoint(directory: Path) -> Path | None:
+    """The highest `checkpoint-N` whose trainer_state.json (the Trainer writes it last) is readable JSON: a
+    checkpoint cut short by a kill is skipped."""
+    steps = []
+    for path in directory.glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            steps.append((int(path.name.split("-")[-1]), path))
+        except (OSError, ValueError):
+            continue
+    return max(steps)[1] if steps else None
+
+
+def _comparable(record: dict) -> dict:
+    """What must match for a resume to continue the same run: every recipe key (but those that only say how to
+    start) and the data's fingerprint."""
+    values = {k: v for group in (record.get("recipe") or {}).values() for k, v in group.items()
+              if k not in ("resume_from_checkpoint", "overwrite_output_dir")}
+    return {**values, "data fingerprint": (record.get("data") or {}).get("fingerprint")}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """`key: old -> new` for every key whose value differs."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -351,41 +507,55 @@ class StageRun:
     record: dict  # the stage's own facts: recipe, data fingerprints, rows per mode, learning-rate origin, ...
 
     def run(self) -> Path:
-        """Train, save the checkpoint (merged model + `adapter/` with LoRA), `posttrain_run.json` and
-        `log_history.json` into `out.partial`, then rename it to the output dir."""
+        """Train (resuming from `.partial`, see `StageOutput.resume_point`), save the checkpoint (merged model +
+        `adapter/` with LoRA), `posttrain_run.json` and `log_history.json` into `out.partial`, then rename it to
+        the output dir. Rank 0 holds the output's lock throughout."""
         trainer, out = self.trainer, self.out
-        resume = trainer.args.resume_from_checkpoint
-        if trainer.is_world_process_zero():
-            out.start(keep_partial=bool(resume))
-        trainer.accelerator.wait_for_everyone()
-        t0 = time.time()
-        result = trainer.train(resume_from_checkpoint=resume)
-        wall_s = time.time() - t0
-        peft = self.model_args.use_peft
-        trainer.save_model(str(out.partial / ADAPTER_DIR) if peft else str(out.partial))
-        trainer.accelerator.wait_for_everyone()
-        if not trainer.is_world_process_zero():
-            return out.final
-        if peft:
-            _save_merged(out.partial, self.model_args, self.tokenizer, self.new_tokens)
-        self.tokenizer.save_pretrained(out.partial)
-        for pickled in out.partial.rglob("training_args.bin"):  # a pickle; the run record holds the recipe
-            pickled.unlink()
-        record = {
-            "stage": self.name,
-            **self.record,
-            "learning_rate": trainer.args.learning_rate,
-            "train_metrics": result.metrics,
-            "global_step": trainer.state.global_step,
-            "world_size": trainer.accelerator.num_processes,
-            "wall_s": round(wall_s, 2),
-            "command": sys.argv,
-        }
-        (out.partial / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str))
-        (out.partial / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history, indent=2))
-        final = out.commit()
+        with out.lock() if trainer.is_world_process_zero() else contextlib.nullcontext():
+            try:
+                resume = out.resume_point(_resume_value(trainer.args.resume_from_checkpoint), self.name, self.record)
+            except UserError:
+                out.abandon()  # the empty `.partial` the Trainer made; checkpoints are kept
+                raise
+            if trainer.is_world_process_zero():
+                out.start({"stage": self.name, **self.record, "command": sys.argv},
+                          keep_partial=resume is not None and Path(resume).parent == out.partial)
+            trainer.accelerator.wait_for_everyone()
+            t0 = time.time()
+            result = trainer.train(resume_from_checkpoint=resume)
+            wall_s = time.time() - t0
+            peft = self.model_args.use_peft
+            trainer.save_model(str(out.partial / ADAPTER_DIR) if peft else str(out.partial))
+            trainer.accelerator.wait_for_everyone()
+            if not trainer.is_world_process_zero():
+                return out.final
+            if peft:
+                _save_merged(out.partial, self.model_args, self.tokenizer, self.new_tokens)
+            self.tokenizer.save_pretrained(out.partial)
+            for pickled in out.partial.rglob("training_args.bin"):  # a pickle; the run record holds the recipe
+                pickled.unlink()
+            record = {
+                "stage": self.name,
+                **self.record,
+                "learning_rate": trainer.args.learning_rate,
+                "train_metrics": result.metrics,
+                "global_step": trainer.state.global_step,
+                "resumed_from": resume,
+                "world_size": trainer.accelerator.num_processes,
+                "wall_s": round(wall_s, 2),
+                "command": sys.argv,
+            }
+            (out.partial / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history, indent=2))
+            write_json_atomic(out.partial / RUN_RECORD, record)
+            final = out.commit()
         logger.info("%s: done in %.1f s, checkpoint at %s", self.name, wall_s, final)
         return final
+
+
+def _resume_value(value) -> str | None:
+    """`resume_from_checkpoint` as `resume_point` reads it: None (unset), "true", "false" or a path. The config
+    reads YAML's true/false into the strings (TrainingArguments types the key as a str)."""
+    return None if value in (None, "") else str(value)
 
 
 def _save_merged(directory: Path, model_args, tokenizer, new_tokens: dict) -> None:
