@@ -37,7 +37,7 @@ def main() -> None:
     from datasets import Dataset
     from torch.utils.data import DataLoader
 
-    from posttrain.config import parse_recipe
+    from common.recipe import parse_recipe
     from pretrain.corpus import web_documents
     from pretrain.data import Curriculum, DataConfig, PackedLoader, Source, Stage, open_sources, tokenize
     from pretrain.tokenizer import train_bpe

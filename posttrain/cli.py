@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from posttrain.errors import run_cli
+from common.errors import run_cli
 
 COMMANDS = {
     "midtrain": ("posttrain.midtrain", "continued pretraining on distilled reasoning traces (packed)"),
@@ -37,7 +37,7 @@ def main(argv):
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        from posttrain.errors import UserError
+        from common.errors import UserError
 
         raise UserError(f"unknown command {name!r} (commands: {', '.join(COMMANDS)}; see posttrain --help)")
     module = importlib.import_module(COMMANDS[name][0])

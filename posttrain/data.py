@@ -53,9 +53,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
+from common.errors import UserError
+from common.template import MODES, THINK_CLOSE, THINK_OPEN, mode_system_message
 from posttrain import task
-from posttrain.chat_template import THINK_CLOSE, THINK_OPEN
-from posttrain.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class DataError(UserError):
 
 
 ROLES = ("system", "user", "assistant", "tool")
-MODES = task.MODES
 # Named real datasets and where they live on the Hugging Face Hub: (dataset id, config, default split).
 HUB_DEFAULTS = {
     "gsm8k": ("openai/gsm8k", "main", "train"),
@@ -824,7 +823,7 @@ def load_prompts(sources, *, no_think_fraction: float, seed: int) -> Dataset:
         "prompts": _user_prompts,
     }
     ds = _with_modes(_combine(sources, adapters, PROMPT, seed), no_think_fraction, seed)
-    return ds.map(lambda row: {"prompt": [{"role": "system", "content": f"/{row['mode']}"}] + row["prompt"]})
+    return ds.map(lambda row: {"prompt": [mode_system_message(row["mode"])] + row["prompt"]})
 
 
 # ----------------------------------------------------------------------------------- length & record

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from common.errors import UserError
+from common.outputs import read_run_record
 from posttrain import stage
-from posttrain.errors import UserError
 
 logger = logging.getLogger("posttrain")
 
@@ -58,7 +59,7 @@ def resolve_learning_rate(script: DPOScriptArguments, training, model_args) -> t
         sft_lr, source = sft_training.learning_rate, f"SFT recipe {script.sft_recipe}"
     else:
         path = f"{model_args.model_name_or_path}/{stage.RUN_RECORD}"
-        record = stage.read_run_record(model_args.model_name_or_path)
+        record = read_run_record(model_args.model_name_or_path)
         if record is None or record.get("stage") != "sft" or not isinstance(record.get("learning_rate"), float):
             found = "not found" if record is None else f"is a {record.get('stage')!r} run, not an SFT run"
             raise UserError(

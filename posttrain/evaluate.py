@@ -34,10 +34,10 @@ from typing import Literal, Sequence
 import torch
 from datasets import Dataset
 
-from posttrain.chat_template import EOS_TOKEN, attach_template
-from posttrain.config import parse_recipe, recipe_help
-from posttrain.errors import UserError
-from posttrain.task import MODES
+from common.errors import UserError
+from common.recipe import help_requested, parse_recipe
+from common.template import EOS_TOKEN, MODES, attach_template, mode_system_message
+from common.tokenizers import load_pretrained_tokenizer
 
 logger = logging.getLogger("posttrain")
 EVAL_BATCH_TIMEOUT_S = 600.0  # the accuracy reward's deadline for all of an evaluation's rows, scored in one call
@@ -88,7 +88,7 @@ def both_modes(prompts: Dataset) -> Dataset:
             for mode in MODES:
                 for key in batch:
                     out[key].append(batch[key][i])
-                out["prompt"][-1] = [{"role": "system", "content": f"/{mode}"}, *question]
+                out["prompt"][-1] = [mode_system_message(mode), *question]
                 out["mode"][-1] = mode
         return out
 
@@ -118,12 +118,7 @@ def _check_checkpoint(model_path: str | Path) -> Path:
 
 
 def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    tokenizer = load_pretrained_tokenizer(path)
     if tokenizer.chat_template is None:  # e.g. a pretraining checkpoint saved without one
         logger.info("%s: tokenizer has no chat template; using the hybrid template", path)
         attach_template(tokenizer)
@@ -377,8 +372,7 @@ def to_markdown(result: dict) -> str:
 
 def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if any(a in ("-h", "--help") for a in argv):
-        print(recipe_help([EvalArguments], "posttrain eval"))
+    if help_requested(argv, [EvalArguments], "posttrain eval"):
         return 0
     (args,) = parse_recipe([EvalArguments], argv)
     _check_checkpoint(args.model_name_or_path)

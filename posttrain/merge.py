@@ -36,9 +36,10 @@ from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from posttrain.config import parse_recipe, recipe_help
-from posttrain.errors import UserError
-from posttrain.stage import RUN_RECORD, StageOutput, write_json_atomic
+from common.errors import UserError
+from common.outputs import RUN_RECORD, StageOutput, write_json_atomic
+from common.recipe import help_requested, parse_recipe
+from common.tokenizers import load_pretrained_tokenizer
 
 logger = logging.getLogger("posttrain")
 
@@ -164,12 +165,7 @@ def merge(models: list[str | Path], weights: list[float] | None, output_dir: str
     keys = check_compatible(checkpoints, tied)
     tokenizer = None
     if (checkpoints[0].path / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(checkpoints[0].path, trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{checkpoints[0].path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+        tokenizer = load_pretrained_tokenizer(checkpoints[0].path)
     first = checkpoints[0].tensors
     try:
         plan = split_state_dict_into_shards_factory(
@@ -228,8 +224,7 @@ def _write(directory: Path, checkpoints: list[Checkpoint], weights: list[float],
 
 def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if any(a in ("-h", "--help") for a in argv):
-        print(recipe_help([MergeArguments], "posttrain merge"))
+    if help_requested(argv, [MergeArguments], "posttrain merge"):
         return 0
     (args,) = parse_recipe([MergeArguments], argv)
     merge(args.models, args.weights, args.output_dir, max_shard_size=args.max_shard_size,

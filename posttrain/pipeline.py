@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.config import load_yaml, parse_recipe, recipe_help
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.recipe import help_requested, load_yaml, parse_recipe
 
 STAGE_ORDER = ("pretrain", "midtrain", "sft", "dpo", "rlvr", "merge")
 # The kind of rows each post-training stage reads (a key of `posttrain.data.SOURCE_NAMES`).
@@ -231,8 +231,7 @@ def run(args: PipelineArguments) -> dict:
 
 def main(argv):
     argv = ["--from_stage" if a == "--from" else a for a in argv]
-    if "--help" in argv or "-h" in argv:
-        print(recipe_help([PipelineArguments], "posttrain pipeline"))
+    if help_requested(argv, [PipelineArguments], "posttrain pipeline"):
         return 0
     (args,) = parse_recipe([PipelineArguments], argv)
     run(args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODES = ("think", "no_think")
+from common.template import MODES
 
 
 def _fmt(value, pct=False) -> str:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from trl.trainer.utils import get_callable_name
 
+from common.errors import UserError
+from common.recipe import refuse_remote_code
 from posttrain import stage
-from posttrain.errors import UserError
 
 logger = logging.getLogger("posttrain")
 
@@ -125,8 +126,7 @@ def check_rollouts(training, script: RLVRScriptArguments) -> None:
         raise UserError(f"recipe key 'vllm_mode': must be colocate or server, got {training.vllm_mode!r}")
     if training.use_vllm and not is_vllm_available():
         raise UserError(f"recipe key 'use_vllm': vLLM is not installed ({VLLM_EXTRA}, on a CUDA machine)")
-    if training.trust_remote_code:
-        raise UserError("recipe key 'trust_remote_code': posttrain never runs code shipped with a checkpoint")
+    refuse_remote_code(training.trust_remote_code)
 
 
 def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from trl.import_utils import is_vllm_available
 from trl.scripts.vllm_serve import ScriptArguments, build_command
 
-from posttrain.config import parse_recipe, recipe_help
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.recipe import help_requested, parse_recipe, refuse_remote_code
 
 VLLM_EXTRA = "pip install 'posttrain[vllm]'"
 
@@ -81,8 +81,7 @@ def server_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     (args,) = parse_recipe([ServeArguments], argv)
-    if args.trust_remote_code:
-        raise UserError("recipe key 'trust_remote_code': posttrain never runs code shipped with a checkpoint")
+    refuse_remote_code(args.trust_remote_code)
     warning = host_warning(args.host, args.allow_public_host)
     if warning:
         print(warning, file=sys.stderr)
@@ -92,8 +91,7 @@ def server_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def main(argv: list[str]) -> int | None:
-    if "-h" in argv or "--help" in argv:
-        print(recipe_help([ServeArguments], prog="posttrain serve"))
+    if help_requested(argv, [ServeArguments], "posttrain serve"):
         return 0
     command, env = server_command(argv)
     if not is_vllm_available():

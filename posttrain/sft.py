@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.errors import UserError
 from posttrain import stage
-from posttrain.errors import UserError
 
 # Stage defaults under the recipe. Packing stays TRL's default (off): BFD packing is padding-free, i.e. one
 # flattened row per batch, and without flash-attention (CPU: sdpa) attention then costs (total tokens)^2 instead

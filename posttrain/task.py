@@ -28,10 +28,10 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.template import MODES
 
 SPLITS = ("train", "validation", "test")
-MODES = ("think", "no_think")
 MAX_LEVEL = 8
 WORD_SHARE = 0.25  # share of word problems; the rest are bare `What is a+b?`
 

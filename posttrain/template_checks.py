@@ -24,9 +24,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.chat_template import EMPTY_THINK, THINK_CLOSE, THINK_OPEN
-from posttrain.config import parse_recipe, recipe_help
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.recipe import help_requested, parse_recipe
+from common.template import EMPTY_THINK, THINK_CLOSE, THINK_OPEN
+from common.tokenizers import load_pretrained_tokenizer
 
 
 @dataclass(frozen=True)
@@ -440,15 +441,10 @@ def default_tokenizer():
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
     path = Path(path)
     if not path.is_dir():  # checked here so a typo never turns into a hub lookup
         raise UserError(f"{path}: no such tokenizer directory")
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    return load_pretrained_tokenizer(path)
 
 
 def read_template(path: Path) -> str:
@@ -502,8 +498,7 @@ def load_target(path: str | Path, tokenizer_dir: str | Path | None = None) -> tu
 
 def main(argv: list[str]) -> int:
     argv = list(argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print(recipe_help([CheckTemplateArgs], prog="posttrain check-template"))
+    if help_requested(argv, [CheckTemplateArgs], "posttrain check-template"):
         return 0
     if argv and not argv[0].startswith("-"):  # PATH as the first positional argument
         argv = ["--path", argv[0], *argv[1:]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posttrain.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 COMMANDS = {
     "tokenizer": "train a byte-level BPE (or build the Llama-3 tokenizer) with the hybrid chat template",
@@ -50,12 +50,11 @@ def tokenizer_command(argv: list[str]) -> None:
 def tokenize_command(argv: list[str]) -> None:
     from pathlib import Path
 
-    from posttrain.config import parse_recipe, recipe_help
+    from common.recipe import help_requested, parse_recipe
     from pretrain.data import DataConfig, check_inputs, prepare
     from pretrain.train import TOKENIZE_KEYS, TrainConfig, check_resume, work_dir_of
 
-    if "-h" in argv or "--help" in argv:
-        print(recipe_help([DataConfig, TrainConfig], "pretrain tokenize"))
+    if help_requested(argv, [DataConfig, TrainConfig], "pretrain tokenize"):
         return
     data, cfg = parse_recipe([DataConfig, TrainConfig], argv)
     if Path(cfg.output_dir).exists():

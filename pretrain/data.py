@@ -39,8 +39,9 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
-from posttrain.chat_template import with_default_instructions
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.template import with_default_instructions
+from common.tokenizers import load_pretrained_tokenizer
 from pretrain import generators
 
 SOURCE_TYPES = ("text", "jsonl", "generator")
@@ -405,12 +406,10 @@ def load_tokenizer(data: DataConfig, tokenizer_dir: Path):
     """The recipe's tokenizer as it exists, writing nothing: the `tokenizer` directory (checked for the hybrid
     tokens), or the one trained from the spec into `tokenizer_dir` while the spec and its inputs are
     unchanged; None when the spec's tokenizer is still to be trained."""
-    from transformers import AutoTokenizer
-
-    from posttrain.chat_template import SPECIAL_TOKENS, attach_template, is_project_template
+    from common.template import SPECIAL_TOKENS, attach_template, is_project_template
 
     if isinstance(data.tokenizer, str):
-        tok = AutoTokenizer.from_pretrained(data.tokenizer)
+        tok = load_pretrained_tokenizer(data.tokenizer)
         if not tok.is_fast:
             raise UserError(f"{data.tokenizer}: recipe key 'tokenizer': needs a fast tokenizer (tokenizer.json)")
         for t in SPECIAL_TOKENS:
@@ -422,14 +421,12 @@ def load_tokenizer(data: DataConfig, tokenizer_dir: Path):
         return tok if is_project_template(tok.chat_template) else attach_template(tok)
     stamp_file = tokenizer_dir / STAMP_FILE
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == tokenizer_stamp(data):
-        return AutoTokenizer.from_pretrained(tokenizer_dir)
+        return load_pretrained_tokenizer(tokenizer_dir)
     return None
 
 
 def prepare_tokenizer(data: DataConfig, tokenizer_dir: Path):
     """`load_tokenizer`, else the spec's tokenizer trained into `tokenizer_dir`."""
-    from transformers import AutoTokenizer
-
     from pretrain.tokenizer import train_bpe
 
     tok = load_tokenizer(data, tokenizer_dir)
@@ -446,7 +443,7 @@ def prepare_tokenizer(data: DataConfig, tokenizer_dir: Path):
     (tmp / STAMP_FILE).write_text(json.dumps(tokenizer_stamp(data), indent=1))
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     os.replace(tmp, tokenizer_dir)
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
+    return load_pretrained_tokenizer(tokenizer_dir)
 
 
 def data_dir_of(data: DataConfig, work_dir: Path) -> Path:

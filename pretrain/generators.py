@@ -13,7 +13,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
-from posttrain.errors import UserError
+from common.errors import UserError
 
 ENTRY_POINT_GROUP = "posttrain.generators"
 # The project's own: "module:function", imported only when used.

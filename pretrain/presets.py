@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import SmolLM3Config
 
-from posttrain.errors import UserError
+from common.errors import UserError
 
 PRESETS: dict[str, dict] = {
     "smollm3-3b": dict(

@@ -17,8 +17,8 @@ from typing import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from posttrain.chat_template import PAD_TOKEN, attach_template
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.template import PAD_TOKEN, attach_template
 
 DOC_TOKEN = "<|endoftext|>"  # bos / document separator in pretraining
 CONTROL_TOKENS = [DOC_TOKEN, "<|im_start|>", "<|im_end|>", PAD_TOKEN]
@@ -43,7 +43,7 @@ def train_bpe(files: Iterable[str | Path], vocab_size: int, output_dir: str | Pa
               default_instructions: dict | None = None) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `files` (plus in-memory `texts`, e.g. rendered chat-template text so the
     fixed system block compresses well) and save it with the hybrid template to `output_dir` (its default
-    instructions set to `default_instructions`, see `posttrain.chat_template.with_default_instructions`)."""
+    instructions set to `default_instructions`, see `common.template.with_default_instructions`)."""
     files = [str(f) for f in files]
     for f in files:
         if not Path(f).is_file() or Path(f).stat().st_size == 0:

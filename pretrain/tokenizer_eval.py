@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.tokenizers import load_pretrained_tokenizer
 
 UNSEGMENTED = {"zh", "ja", "th"}  # no spaces between words: counted per grapheme cluster
 WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
@@ -57,14 +58,12 @@ def evaluate_text(tokenizer, text: str, lang: str) -> dict:
 
 
 def evaluate(tokenizer_dir: str | Path, data_dir: str | Path) -> dict[str, dict]:
-    from transformers import AutoTokenizer
-
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer directory not found")
     files = sorted(Path(data_dir).glob("*.txt"))
     if not files:
         raise UserError(f"{data_dir}: no <lang>.txt files (one file per language, the same text in each)")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_pretrained_tokenizer(tokenizer_dir)
     if not tokenizer.is_fast:
         raise UserError(f"{tokenizer_dir}: needs a fast tokenizer (tokenizer.json) for character offsets")
     return {f.stem: evaluate_text(tokenizer, f.read_text(encoding="utf-8"), f.stem) for f in files}

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from transformers import SmolLM3ForCausalLM, get_cosine_with_min_lr_schedule_with_warmup, get_wsd_schedule
 from transformers.trainer_pt_utils import get_parameter_names
 
-from posttrain.errors import UserError
+from common.errors import UserError
 from pretrain.data import (
     Curriculum, DataConfig, PackedLoader, check_inputs, data_dir_of, load_tokenizer, open_sources, prepare,
     source_fingerprint, tokenizer_hash,
@@ -152,7 +152,7 @@ class TrainConfig:
                   "only with an unchanged recipe; token files and tokenizer are reused while still fresh)."},
     )
 
-    def __post_init__(self):  # each key's range: posttrain.config.RANGES, checked by parse_recipe
+    def __post_init__(self):  # each key's range: common.recipe.RANGES, checked by parse_recipe
         if self.save_steps % self.logging_steps:  # a log line averages the steps since the last one
             raise UserError(
                 f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'logging_steps' "
@@ -550,10 +550,9 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from posttrain.config import parse_recipe, recipe_help
+    from common.recipe import help_requested, parse_recipe
 
-    if "-h" in argv or "--help" in argv:
-        print(recipe_help([DataConfig, TrainConfig], "pretrain train"))
+    if help_requested(argv, [DataConfig, TrainConfig], "pretrain train"):
         return 0
     data, cfg = parse_recipe([DataConfig, TrainConfig], argv)
     train(data, cfg)

@@ -29,7 +29,8 @@ import time
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
 
-from rewards.format import THINK_CLOSE, THINK_OPEN, column, completion_text
+from common.template import THINK_CLOSE, THINK_OPEN
+from rewards.format import column, completion_text
 from rewards.pool import get_pool
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from common.template import MODES, THINK_CLOSE, THINK_OPEN
 
 # /no_think answers must not open with a reasoning preamble. Deliberately a short, literal list of openers
 # (matched case-insensitively at the start of the stripped completion): a heuristic that catches the common
@@ -60,7 +60,7 @@ def normalize_mode(mode) -> str | None:
     if not isinstance(mode, str):
         return None
     mode = mode.strip().lower().lstrip("/")
-    return mode if mode in ("think", "no_think") else None
+    return mode if mode in MODES else None
 
 
 def column(kwargs: dict, name: str, n: int, reward: str) -> list:

@@ -14,7 +14,8 @@ import itertools
 import math
 import re
 
-from rewards.format import THINK_CLOSE, THINK_OPEN, by_mode, completion_text
+from common.template import THINK_CLOSE, THINK_OPEN
+from rewards.format import by_mode, completion_text
 
 # open-r1's markers: "Step 1:", a numbered line ("1."), a bullet ("- ", "* "), and ordinal transitions. `^` is
 # per line here (open-r1 compiles it without MULTILINE, so only a list starting the completion counted).

@@ -1,1 +1,1 @@
-"""The hybrid chat templates (Jinja), installed as package data `posttrain.templates`."""
+"""The hybrid chat templates (Jinja), installed as package data `common.templates`."""

@@ -1,4 +1,4 @@
-"""Recipes: `posttrain.config.parse_recipe` into TRL's real configs, the one-line errors of the CLI, and the
+"""Recipes: `common.recipe.parse_recipe` into TRL's real configs, the one-line errors of the CLI, and the
 accelerate launch configs in recipes/accelerate/ read by accelerate's own loader."""
 
 import subprocess
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from trl import ModelConfig, SFTConfig
 
+from common.errors import UserError
+from common.recipe import parse_recipe
 from posttrain import cli
-from posttrain.config import parse_recipe
-from posttrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = ROOT / "recipes" / "accelerate"

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
+from common.errors import UserError
 from posttrain import data, task
 from posttrain.data import DataError
-from posttrain.errors import UserError
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 

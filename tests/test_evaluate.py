@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, SmolLM3ForCausalLM
 
-from posttrain.errors import UserError
+from common.errors import UserError
 from posttrain.evaluate import (
     _batches, both_modes, decode_completion, evaluate, length_drift, load_baseline, main, score, to_markdown,
 )

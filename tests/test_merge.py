@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, SmolLM3ForCausalLM
 
-from posttrain.errors import UserError
+from common.errors import UserError
 from posttrain.merge import main, merge
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, SmolLM3ForCausalLM
 
-from posttrain.errors import UserError
+from common.errors import UserError
 from pretrain.data import Curriculum, DataConfig, PackedLoader, open_sources, parse_count, prepare
 from pretrain.presets import model_config
 from test_pretrain_train import one_thread, run_train  # noqa: F401  (one_thread: autouse, one torch thread)

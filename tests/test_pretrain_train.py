@@ -13,8 +13,8 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, SmolLM3ForCausalLM
 
 import pretrain.train
-from posttrain.config import parse_recipe
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.recipe import parse_recipe
 from pretrain.cli import main
 from pretrain.data import DataConfig
 from pretrain.train import TrainConfig, build_model, make_plan, make_scheduler, param_groups, throughput

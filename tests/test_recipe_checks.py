@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig
 
-from posttrain.config import parse_recipe
-from posttrain.errors import UserError
+from common.errors import UserError
+from common.recipe import parse_recipe
 from posttrain.sft import SFTScriptArguments
 from pretrain.data import DataConfig
 from pretrain.train import TrainConfig

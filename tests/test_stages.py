@@ -10,8 +10,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from common.errors import UserError
 from posttrain import data, dpo, midtrain, sft, stage
-from posttrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"name": "arithmetic", "split": "train", "rows": 16, "levels": [1]}]

@@ -7,8 +7,8 @@ import re
 import pytest
 from math_verify import parse, verify
 
+from common.errors import UserError
 from posttrain import task
-from posttrain.errors import UserError
 
 WORD_ADD = re.compile(r"(?:buys|gave \w+) (\d+) more")
 WORD_SUB = re.compile(r"(?:gives|sold) (\d+)")

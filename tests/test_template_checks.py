@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
+from common.template import is_project_template, load_template, template_path, with_default_instructions
 from posttrain import cli
-from posttrain.chat_template import is_project_template, load_template, template_path, with_default_instructions
-from posttrain.errors import UserError
 from posttrain.template_checks import CHECKS, check_template, compare_with_reference, default_tokenizer
 
 # broken variant -> (the one check it fails, words its detail must contain, [(project template text, replacement)])

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import yaml
 from transformers import HfArgumentParser
 
-from posttrain.errors import UserError
+from common.errors import UserError
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):
@@ -351,3 +351,18 @@ def recipe_help(dataclass_types: Sequence[type], prog: str) -> str:
     """`--help`: every recipe key with its type, default and documentation, grouped by dataclass."""
     parser = HfArgumentParser(list(dataclass_types), prog=prog)
     return parser.format_help()
+
+
+def help_requested(argv: Sequence[str], dataclass_types: Sequence[type], prog: str) -> bool:
+    """True, after printing `recipe_help`, when `argv` asks for it (`-h` or `--help` anywhere): every command's
+    `main` starts with it."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(recipe_help(dataclass_types, prog))
+        return True
+    return False
+
+
+def refuse_remote_code(trust_remote_code) -> None:
+    """The one answer to a recipe's `trust_remote_code: true`: no code shipped with a checkpoint ever runs."""
+    if trust_remote_code:
+        raise UserError("recipe key 'trust_remote_code': posttrain never runs code shipped with a checkpoint")

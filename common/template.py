@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from posttrain.errors import UserError
+from common.errors import UserError
 
 TEMPLATE_NAME = "smollm3_hybrid.jinja"
 # Tokens the template emits; each must be ONE token of the vocabulary (check-template verifies it).
@@ -15,6 +15,13 @@ EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|pad|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 EMPTY_THINK = "<think>\n\n</think>\n"  # what /no_think turns and generation prompts start with
+MODES = ("think", "no_think")
+
+
+def mode_system_message(mode: str) -> dict:
+    """The system message that sets a prompt's mode and carries nothing else: exactly "/think" or "/no_think"
+    (the template honours the flag). RLVR and evaluation prompts start with it."""
+    return {"role": "system", "content": f"/{mode}"}
 
 
 def template_path() -> Path:
@@ -22,7 +29,7 @@ def template_path() -> Path:
     source = Path(__file__).resolve().parents[1] / "templates" / TEMPLATE_NAME
     if source.is_file():
         return source
-    return Path(str(resources.files("posttrain.templates") / TEMPLATE_NAME))
+    return Path(str(resources.files("common.templates") / TEMPLATE_NAME))
 
 
 def load_template(path: str | Path | None = None) -> str:
