@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 
 from common.errors import UserError
-from common.outputs import read_run_record
+from common.outputs import RUN_RECORD, StageOutput, read_run_record
 from posttrain import stage
 
 logger = logging.getLogger("posttrain")
@@ -58,7 +58,7 @@ def resolve_learning_rate(script: DPOScriptArguments, training, model_args) -> t
         )
         sft_lr, source = sft_training.learning_rate, f"SFT recipe {script.sft_recipe}"
     else:
-        path = f"{model_args.model_name_or_path}/{stage.RUN_RECORD}"
+        path = f"{model_args.model_name_or_path}/{RUN_RECORD}"
         record = read_run_record(model_args.model_name_or_path)
         if record is None or record.get("stage") != "sft" or not isinstance(record.get("learning_rate"), float):
             found = "not found" if record is None else f"is a {record.get('stage')!r} run, not an SFT run"
@@ -78,7 +78,7 @@ def build(script: DPOScriptArguments, training, model_args) -> stage.StageRun:
 
     from posttrain import data
 
-    out = stage.StageOutput(training.output_dir, script.overwrite_output_dir)
+    out = StageOutput(training.output_dir, script.overwrite_output_dir)
     stage.validate_model_args(model_args, training)
     if not script.datasets:
         raise UserError("recipe key 'datasets': list at least one preference source")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from trl.trainer.utils import get_callable_name
 
 from common.errors import UserError
+from common.outputs import StageOutput
 from common.recipe import refuse_remote_code
 from posttrain import stage
 
@@ -136,7 +137,7 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
 
     from posttrain import data
 
-    out = stage.StageOutput(training.output_dir, script.overwrite_output_dir)
+    out = StageOutput(training.output_dir, script.overwrite_output_dir)
     stage.validate_model_args(model_args)
     check_rollouts(training, script)
     reward_funcs = build_rewards(script, training.reward_weights)

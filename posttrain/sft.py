@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import UserError
+from common.outputs import StageOutput
 from posttrain import stage
 
 # Stage defaults under the recipe. Packing stays TRL's default (off): BFD packing is padding-free, i.e. one
@@ -44,7 +45,7 @@ def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.
 
     from posttrain import data
 
-    out = stage.StageOutput(training.output_dir, script.overwrite_output_dir)
+    out = StageOutput(training.output_dir, script.overwrite_output_dir)
     stage.validate_model_args(model_args, training)
     if not script.datasets:
         raise UserError("recipe key 'datasets': list at least one data source")

@@ -57,7 +57,7 @@ def _interrupted(argv, step=2) -> None:
 
 
 def _record(out: Path) -> dict:
-    return json.loads((out / stage.RUN_RECORD).read_text())
+    return json.loads((out / outputs.RUN_RECORD).read_text())
 
 
 def test_rerun_resumes_from_the_last_complete_checkpoint_and_a_changed_recipe_is_refused(
@@ -108,7 +108,7 @@ def test_resume_from_checkpoint_takes_true_false_or_a_path(tmp_path, tiny_model_
 def test_one_writer_per_output_dir_and_a_dead_owners_lock_is_taken_over(tmp_path, tiny_model_dir, caplog):
     argv = _recipe(tmp_path, tiny_model_dir, max_steps=1, save_strategy="no")
     lock = tmp_path / "out.lock"
-    with stage.StageOutput(str(tmp_path / "out")).lock():  # another run holds it
+    with outputs.StageOutput(str(tmp_path / "out")).lock():  # another run holds it
         owner = json.loads(lock.read_text())
         assert owner == {"pid": os.getpid(), "host": socket.gethostname()}
         with pytest.raises(UserError) as error:
@@ -124,7 +124,7 @@ def test_one_writer_per_output_dir_and_a_dead_owners_lock_is_taken_over(tmp_path
     with caplog.at_level(logging.INFO, logger="posttrain"):
         sft.main(argv)
     assert f"{lock}: taking over the lock of pid {dead.pid} (no longer running)" in caplog.text
-    assert (tmp_path / "out" / stage.RUN_RECORD).is_file() and not lock.exists()
+    assert (tmp_path / "out" / outputs.RUN_RECORD).is_file() and not lock.exists()
 
     lock.write_text(json.dumps({"pid": dead.pid, "host": "another-host"}))  # its pid cannot be checked from here
     with pytest.raises(UserError, match="is being written by another run"):
@@ -160,7 +160,7 @@ def test_overwrite_only_replaces_what_posttrain_wrote(tmp_path, tiny_model_dir, 
 
 def test_merge_takes_the_lock_and_replaces_its_own_output_only_with_overwrite(tmp_path, tiny_model_dir):
     out = tmp_path / "merged"
-    with stage.StageOutput(str(out)).lock():
+    with outputs.StageOutput(str(out)).lock():
         with pytest.raises(UserError, match=f"output_dir {out} is being written by another run"):
             merge.merge([tiny_model_dir, tiny_model_dir], None, out)
     assert not out.exists() and not (tmp_path / "merged.partial").exists()
@@ -206,7 +206,7 @@ def test_pipeline_rerun_keeps_a_stage_that_finished_before_it_was_recorded(tmp_p
 
     sft_out = tmp_path / "p" / "sft"
     shutil.copytree(tiny_model_dir, sft_out)
-    (sft_out / stage.RUN_RECORD).write_text(json.dumps({"stage": "sft", "wall_s": 12.5}))
+    (sft_out / outputs.RUN_RECORD).write_text(json.dumps({"stage": "sft", "wall_s": 12.5}))
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"name": "p", "runs_dir": str(tmp_path),
                                       "stages": {"sft": "recipes/tiny/sft.yaml"}}))

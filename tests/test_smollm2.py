@@ -10,9 +10,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common import tokenizers
+from common import outputs, tokenizers
 from common.template import with_default_instructions
-from posttrain import sft, stage
+from posttrain import sft
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "sft.yaml"
@@ -52,6 +52,6 @@ def test_smollm2_recipe_converts_the_gguf_adds_think_tokens_and_trains(tmp_path,
         assert torch.allclose(emb[new_id], emb[pieces].mean(0), atol=5e-3)
         assert emb[new_id].norm() > 0.1 * emb[pieces].norm(dim=-1).mean()
 
-    record = json.loads((out / stage.RUN_RECORD).read_text())
+    record = json.loads((out / outputs.RUN_RECORD).read_text())
     assert record["global_step"] == 2 and all(record["data"]["rows_per_mode"].values())
     assert record["recipe"]["ModelConfig"]["model_name_or_path"].startswith("gguf:")

@@ -10,6 +10,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from common import outputs
 from common.errors import UserError
 from posttrain import data, dpo, midtrain, sft, stage
 
@@ -144,7 +145,7 @@ def test_midtrain_packs_documents_with_restarting_positions_and_no_cross_attenti
             assert torch.allclose(packed[s:e], alone, atol=1e-4), (s, e)
     # ... and the run saves a plain checkpoint with its record
     run.run()
-    record = json.loads((tmp_path / "m" / stage.RUN_RECORD).read_text())
+    record = json.loads((tmp_path / "m" / outputs.RUN_RECORD).read_text())
     assert record["stage"] == "midtrain" and record["data"]["rows_per_mode"] == {"think": 16, "no_think": 0}
     assert record["recipe"]["SFTConfig"]["packing"] is True and record["global_step"] == 2
     AutoModelForCausalLM.from_pretrained(tmp_path / "m", use_safetensors=True)
@@ -194,11 +195,11 @@ def test_complete_output_is_refused_and_survives_an_interrupted_overwrite(tmp_pa
     run.trainer.add_callback(Interrupt())
     with pytest.raises(KeyboardInterrupt):
         run.run()
-    assert _digest(out) == before and (out / stage.RUN_RECORD).is_file()  # the complete output is untouched
+    assert _digest(out) == before and (out / outputs.RUN_RECORD).is_file()  # the complete output is untouched
     assert (tmp_path / "out.partial").is_dir()
     sft.main(argv + ["--overwrite_output_dir", "true", "--learning_rate", "0.1"])  # a re-run replaces it
     assert _digest(out) != before and not (tmp_path / "out.partial").exists()
-    assert json.loads((out / stage.RUN_RECORD).read_text())["learning_rate"] == 0.1
+    assert json.loads((out / outputs.RUN_RECORD).read_text())["learning_rate"] == 0.1
 
 
 # ------------------------------------------------------------------------------------- checkpoints and DPO
@@ -209,7 +210,7 @@ def test_sft_checkpoint_loads_and_records_the_run(sft_checkpoint):
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     model = AutoModelForCausalLM.from_pretrained(sft_checkpoint, use_safetensors=True)
     assert model.config.eos_token_id == model.generation_config.eos_token_id
-    record = json.loads((sft_checkpoint / stage.RUN_RECORD).read_text())
+    record = json.loads((sft_checkpoint / outputs.RUN_RECORD).read_text())
     assert record["stage"] == "sft" and record["learning_rate"] == 2e-3 and record["global_step"] == 2
     assert record["data"]["rows_per_mode"] == {"think": 8, "no_think": 8}
     assert record["data"]["dropped_per_mode"] == {"think": 0, "no_think": 0}
@@ -238,9 +239,9 @@ def test_default_instructions_are_kept_from_the_checkpoint_unless_the_recipe_set
 def test_dpo_learning_rate_is_a_tenth_of_the_sft_run(tmp_path, sft_checkpoint):
     pairs = [{"name": "arithmetic", "split": "train", "rows": 8, "levels": [1]}]
     dpo.main(_argv(tmp_path, "dpo", model_name_or_path=str(sft_checkpoint), datasets=pairs, loss_type="apo_zero"))
-    record = json.loads((tmp_path / "dpo" / stage.RUN_RECORD).read_text())
+    record = json.loads((tmp_path / "dpo" / outputs.RUN_RECORD).read_text())
     assert record["learning_rate"] == pytest.approx(2e-4)  # 0.1 x the SFT run's 2e-3
-    assert record["learning_rate_origin"] == f"0.1 x 0.002 from SFT run {sft_checkpoint}/{stage.RUN_RECORD}"
+    assert record["learning_rate_origin"] == f"0.1 x 0.002 from SFT run {sft_checkpoint}/{outputs.RUN_RECORD}"
     assert record["recipe"]["DPOConfig"]["loss_type"] == ["apo_zero"]
     assert record["data"]["rows_per_mode"] == {"think": 4, "no_think": 4}
     policy = AutoModelForCausalLM.from_pretrained(tmp_path / "dpo", use_safetensors=True)
@@ -255,7 +256,7 @@ def test_dpo_learning_rate_from_an_sft_recipe_or_a_clear_error(tmp_path, tiny_mo
         dpo.build(*_parse(dpo, argv))
     assert not (tmp_path / "dpo").exists() and not (tmp_path / "dpo.partial").exists()
     (tmp_path / "mid").mkdir()  # a record of another stage does not count as the SFT run
-    (tmp_path / "mid" / stage.RUN_RECORD).write_text(json.dumps({"stage": "midtrain", "learning_rate": 2e-3}))
+    (tmp_path / "mid" / outputs.RUN_RECORD).write_text(json.dumps({"stage": "midtrain", "learning_rate": 2e-3}))
     script, training, model_args = _parse(dpo, argv + ["--model_name_or_path", str(tmp_path / "mid")])
     with pytest.raises(UserError, match=r"is a 'midtrain' run, not an SFT run"):
         dpo.resolve_learning_rate(script, training, model_args)
@@ -358,6 +359,6 @@ def test_sft_runs_on_two_ranks_under_accelerate_launch(tmp_path, tiny_model_dir)
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "ACCELERATE_USE_CPU": "true"})
     assert run.returncode == 0, run.stderr[-3000:]
-    record = json.loads((tmp_path / "ddp" / stage.RUN_RECORD).read_text())
+    record = json.loads((tmp_path / "ddp" / outputs.RUN_RECORD).read_text())
     assert record["world_size"] == 2 and record["global_step"] == 2  # 2 steps of 4 rows on each rank
     AutoModelForCausalLM.from_pretrained(tmp_path / "ddp", use_safetensors=True)
