@@ -43,7 +43,7 @@ def with_default_instructions(default_instructions: dict | None) -> str:
     the checkpoint) uses them without passing kwargs. The format is SmolLM3's either way; only that text differs."""
     lines = []
     for mode, text in (default_instructions or {}).items():
-        if mode not in ("think", "no_think") or not isinstance(text, str) or not text.strip():
+        if mode not in MODES or not isinstance(text, str) or not text.strip():
             raise UserError(f"recipe key 'default_instructions': expected {{think: text, no_think: text}}, "
                             f"got {default_instructions!r}")
         name = f"default_{mode}_instructions"
