@@ -47,6 +47,7 @@ import json
 import logging
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -114,7 +115,7 @@ class SourceUnavailable(DataError):
 
 
 @dataclass(frozen=True)
-class Source:
+class DatasetSource:
     name: str
     path: str | None = None  # a jsonl/parquet/csv file, a dataset folder, or a Hub dataset id
     split: str | None = None
@@ -147,12 +148,12 @@ class Source:
         return self.path or self.name
 
 
-def parse_sources(sources, allowed: Iterable[str]) -> list[Source]:
+def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource]:
     """Check the recipe's `datasets` list; errors name the entry and key (`datasets[1].weight`)."""
     allowed = tuple(allowed)
     if not isinstance(sources, (list, tuple)) or not sources:
         raise DataError("recipe key 'datasets': must be a non-empty list of sources ({name: ..., ...})")
-    keys = [f.name for f in fields(Source)]
+    keys = [f.name for f in fields(DatasetSource)]
     parsed = []
     for i, spec in enumerate(sources):
         at = f"recipe key datasets[{i}]"
@@ -191,7 +192,7 @@ def parse_sources(sources, allowed: Iterable[str]) -> list[Source]:
         if "path" not in spec and name in NEEDS_PATH:
             raise DataError(f"{at}.path: {name} needs a path (a jsonl file, a dataset folder or a Hub dataset id)")
         hub_id, config, split = HUB_DEFAULTS.get(name, (None, None, "train"))
-        source = Source(**{"path": hub_id, **spec, "levels": tuple(spec.get("levels", Source.levels))})
+        source = DatasetSource(**{"path": hub_id, **spec, "levels": tuple(spec.get("levels", DatasetSource.levels))})
         if source.kind in ("jsonl", "file"):
             for key in ("split", "config"):
                 if key in spec:
@@ -206,7 +207,7 @@ def parse_sources(sources, allowed: Iterable[str]) -> list[Source]:
     return parsed
 
 
-def read_rows(source: Source) -> Iterator[tuple[str, dict]]:
+def read_rows(source: DatasetSource) -> Iterator[tuple[str, dict]]:
     """(where, row) for the first `rows` rows of a file-backed source; `where` names the file (or dataset and
     split) and the 1-based row. jsonl is parsed here (see the module docstring); everything else is loaded with
     `datasets` (a Hub id is downloaded once and read from the cache after, also offline)."""
@@ -218,7 +219,7 @@ def read_rows(source: Source) -> Iterator[tuple[str, dict]]:
         yield f"{source.label}: row {i + 1}", row
 
 
-def load_source_dataset(source: Source) -> Dataset:
+def load_source_dataset(source: DatasetSource) -> Dataset:
     """The `datasets.Dataset` behind a file, folder or Hub source (see `_loading` for the errors)."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
@@ -233,7 +234,7 @@ def load_source_dataset(source: Source) -> Dataset:
 
 
 @contextlib.contextmanager
-def _loading(source: Source):
+def _loading(source: DatasetSource):
     """`datasets` errors as one line naming the source: a Hub dataset that cannot be reached (offline and not
     cached) or found is SourceUnavailable; a config or split the dataset lacks, or an unreadable file, DataError."""
     try:
@@ -251,13 +252,13 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def check_available(sources, allowed: Iterable[str]) -> list[Source]:
+def check_available(sources, allowed: Iterable[str]) -> list[DatasetSource]:
     """Parse `sources` and check, without reading their rows, that each can be loaded: local files and folders
     exist, Hub datasets resolve (cached or reachable). Raises SourceUnavailable / DataError naming the first
     that cannot; returns the parsed sources. The pipeline runs it on every stage before the first one starts."""
     from datasets import load_dataset_builder
 
-    parsed = parse_sources(sources, allowed)
+    parsed = parse_dataset_sources(sources, allowed)
     for source in parsed:
         if source.kind == "hub":
             with _loading(source):
@@ -271,7 +272,7 @@ def loadable(sources, allowed: Iterable[str]) -> tuple[list[dict], list[str]]:
     """The recipe's source specs split into those that can be loaded and one line per source that cannot
     (SourceUnavailable: a Hub dataset offline and not cached). For evaluation, which goes on without them; any
     other bad source still raises."""
-    parse_sources(sources, allowed)
+    parse_dataset_sources(sources, allowed)
     kept, skipped = [], []
     for spec in sources:
         try:
@@ -556,12 +557,12 @@ def mix(datasets_with_weights: Sequence[tuple[Dataset, float]], total_rows: int,
     return concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
 
 
-Adapter = Callable[[Source], Iterable[dict]]
+Adapter = Callable[[DatasetSource], Iterable[dict]]
 
 
 def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: int) -> Dataset:
     parts = []
-    for source in parse_sources(sources, adapters):
+    for source in parse_dataset_sources(sources, adapters):
         rows = [{key: row.get(key) for key in features} for row in adapters[source.name](source)]  # absent: None
         if not rows:
             raise DataError(f"{source.label}: no rows (the file is empty or holds only blank lines)"
@@ -585,11 +586,11 @@ def _drop_reasoning(turns: list[dict], think: bool) -> list[dict]:
 # -------------------------------------------------------------------------------------------- adapters
 
 
-def _source_seed(source: Source, seed: int) -> int:
+def _source_seed(source: DatasetSource, seed: int) -> int:
     return seed if source.seed is None else source.seed
 
 
-def _problems(source: Source, seed: int) -> Iterator[tuple[str, task.Problem]]:
+def _problems(source: DatasetSource, seed: int) -> Iterator[tuple[str, task.Problem]]:
     """(where, problem) for the source's generated problems; `where` names the generator call and the problem."""
     seed = _source_seed(source, seed)
     problems = task.generate(source.split, source.rows, seed=seed, levels=source.levels)
@@ -615,7 +616,7 @@ def _clean_solution(text: str) -> str:
     return re.sub(r"<<[^>]*>>", "", "\n".join(text.strip().splitlines()[:-1])).strip()
 
 
-def _gsm8k_rows(source: Source) -> Iterator[tuple[str, str, str, str]]:
+def _gsm8k_rows(source: DatasetSource) -> Iterator[tuple[str, str, str, str]]:
     """(where, question, cleaned solution, answer) for GSM8K rows."""
     for where, row in read_rows(source):
         question, solution = _string(row, where, "question"), _string(row, where, "answer")
@@ -625,19 +626,19 @@ def _gsm8k_rows(source: Source) -> Iterator[tuple[str, str, str, str]]:
         yield where, question, _clean_solution(solution), answer
 
 
-def _arithmetic_conversations(source: Source, seed: int) -> Iterator[dict]:
+def _arithmetic_conversations(source: DatasetSource, seed: int) -> Iterator[dict]:
     for where, p in _problems(source, seed):
         reply = _turn("assistant", task.completion(p, "no_think"), p.reasoning)
         yield {"messages": [_turn("user", p.question), reply], "mode": None, "where": where}
 
 
-def _gsm8k_conversations(source: Source) -> Iterator[dict]:
+def _gsm8k_conversations(source: DatasetSource) -> Iterator[dict]:
     for where, question, reasoning, answer in _gsm8k_rows(source):
         reply = _turn("assistant", _boxed_sentence(answer), reasoning or None)
         yield {"messages": [_turn("user", question), reply], "mode": None if reasoning else "no_think", "where": where}
 
 
-def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dict]:
+def _user_conversations(source: DatasetSource, require_reasoning: bool) -> Iterator[dict]:
     for where, row in read_rows(source):
         if "messages" not in row:
             raise DataError(f"{where}: field 'messages': missing")
@@ -647,7 +648,7 @@ def _user_conversations(source: Source, require_reasoning: bool) -> Iterator[dic
         yield {"messages": turns, "mode": mode, "where": where, "chat_template_kwargs": kwargs}
 
 
-def _arithmetic_pairs(source: Source, seed: int, no_think_fraction: float) -> Iterator[dict]:
+def _arithmetic_pairs(source: DatasetSource, seed: int, no_think_fraction: float) -> Iterator[dict]:
     """Half the pairs: right vs plausibly wrong answer; half: right vs the mode broken (a think block in
     /no_think, no reasoning in /think). Modes are fixed here, since what is rejected depends on them."""
     problems = list(_problems(source, seed))
@@ -666,7 +667,7 @@ def _arithmetic_pairs(source: Source, seed: int, no_think_fraction: float) -> It
                "where": where}
 
 
-def _gsm8k_pairs(source: Source) -> Iterator[dict]:
+def _gsm8k_pairs(source: DatasetSource) -> Iterator[dict]:
     """GSM8K model solutions (`example_model_solutions.jsonl`): each right solution against each wrong one
     of the same question, when both end in an `A: N` line with different answers. These are TEST questions:
     never evaluate on GSM8K test after training on them."""
@@ -713,7 +714,7 @@ def _prompt_field(row: dict, where: str, reserved_system: bool = False) -> list[
     return turns
 
 
-def _user_pairs(source: Source) -> Iterator[dict]:
+def _user_pairs(source: DatasetSource) -> Iterator[dict]:
     """User pairs keep their mode (`row_mode`), else /think when the chosen answer reasons. They are not
     re-derived, since a pair's point usually lies in its reasoning."""
     for where, row in read_rows(source):
@@ -736,22 +737,22 @@ def _prompt_row(where: str, prompt: str | list[dict], answer: str, level: int, s
     return {"prompt": prompt, "answer": answer, "mode": mode, "level": level, "source": source, "where": where}
 
 
-def _arithmetic_prompts(source: Source, seed: int) -> Iterator[dict]:
+def _arithmetic_prompts(source: DatasetSource, seed: int) -> Iterator[dict]:
     for where, p in _problems(source, seed):
         yield _prompt_row(where, p.question, p.answer, p.level, "arithmetic")
 
 
-def _gsm8k_prompts(source: Source) -> Iterator[dict]:
+def _gsm8k_prompts(source: DatasetSource) -> Iterator[dict]:
     for where, question, _, answer in _gsm8k_rows(source):
         yield _prompt_row(where, question, answer, 0, "gsm8k")
 
 
-def _math500_prompts(source: Source) -> Iterator[dict]:
+def _math500_prompts(source: DatasetSource) -> Iterator[dict]:
     for where, row in read_rows(source):
         yield _prompt_row(where, _string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
 
 
-def _user_prompts(source: Source) -> Iterator[dict]:
+def _user_prompts(source: DatasetSource) -> Iterator[dict]:
     """User prompts: `prompt` (a string or user/assistant/tool messages), `answer`, optional `mode`;
     the file's stem is the `source` label."""
     for where, row in read_rows(source):
@@ -871,10 +872,69 @@ def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "d
     return (dataset if len(keep) == len(dataset) else dataset.select(keep)), dropped
 
 
-def fingerprint(dataset: Dataset) -> str:
+def dataset_fingerprint(dataset: Dataset) -> str:
     """A hash of the dataset's columns and rows, in order: the same data gives the same value in any process
     (`Dataset._fingerprint` also hashes how the data was made, and is random for some transforms)."""
     digest = hashlib.sha256(json.dumps(dataset.column_names).encode())
     for batch in dataset.iter(batch_size=1000):
         digest.update(json.dumps(batch, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ stage datasets
+
+# What each stage kind's recipe sources are called in its errors: midtrain and sft read conversations, dpo
+# preferences, rlvr prompts.
+SOURCE_WORDS = {"conversations": "data source", "preferences": "preference source", "prompts": "prompt source"}
+
+
+def stage_dataset(name: str, kind: str, script, tokenizer, *, seed: int,
+                  max_length: int | None) -> tuple[Dataset, dict]:
+    """A stage's rows, from its recipe to its trainer: the `datasets` sources of `script` (the stage's
+    `StageArguments`) loaded, validated and mixed by `kind`'s loader (conversations: `load_conversations`,
+    preferences: `load_preferences`, prompts: `load_prompts`), then the rows longer than `max_length` dropped
+    (or refused, per `overlong_policy`) before TRL would truncate them, the rows per mode counted and logged,
+    and a failure if a mode the mixture asks for is left empty.
+
+    Returns (dataset, the `data` section of posttrain_run.json: fingerprint, rows and dropped rows per mode
+    (prompts without a length limit: dropped None), and for conversations and preferences the /think rows
+    without reasoning that `allow_think_without_reasoning` let through)."""
+    if not script.datasets:
+        raise UserError(f"recipe key 'datasets': list at least one {SOURCE_WORDS[kind]}")
+    mixture = dict(no_think_fraction=script.no_think_fraction, seed=seed)
+    if kind == "conversations":
+        dataset = load_conversations(script.datasets, **mixture, require_reasoning=script.require_reasoning,
+                                     allow_think_without_reasoning=script.allow_think_without_reasoning)
+    elif kind == "preferences":
+        dataset = load_preferences(script.datasets, **mixture,
+                                   allow_think_without_reasoning=script.allow_think_without_reasoning)
+    else:
+        dataset = load_prompts(script.datasets, **mixture)
+    dropped = None if kind == "prompts" else dict.fromkeys(MODES, 0)
+    if max_length is not None:
+        dataset, dropped = drop_overlong(dataset, tokenizer, max_length, script.overlong_policy)
+    counts = rows_per_mode(dataset)
+    limit = "max_prompt_length" if kind == "prompts" else "max_length"
+    logger.info("%s: rows per mode %s; dropped as longer than %s=%s: %s", name, counts, limit, max_length, dropped)
+    require_modes(counts, script.no_think_fraction, f"{name} datasets")
+    record = {"fingerprint": dataset_fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped}
+    if kind != "prompts":
+        record["think_without_reasoning"] = sum(bool(think_without_reasoning(row)) for row in dataset)
+    return dataset, record
+
+
+def rows_per_mode(dataset: Dataset) -> dict[str, int]:
+    counts = Counter(dataset["mode"]) if len(dataset) else Counter()
+    return {mode: counts.get(mode, 0) for mode in MODES}
+
+
+def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) -> None:
+    """Fail when a mode the mixture asks for has no rows left (a model that never sees a /think row trains
+    happily and then never thinks)."""
+    wanted = [m for m, share in (("think", 1 - no_think_fraction), ("no_think", no_think_fraction)) if share > 0]
+    empty = [m for m in wanted if counts.get(m, 0) == 0]
+    if empty:
+        raise UserError(
+            f"{where}: no {'/'.join(empty)} rows left after dropping overlong rows (rows per mode: {counts}); "
+            "raise max_length or shorten the system text (e.g. recipe key 'default_instructions')"
+        )

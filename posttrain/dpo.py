@@ -11,7 +11,8 @@ keeps a small model's accuracy where APO alone lowered it (recipes/tiny/dpo.yaml
   logged and kept in the run record;
 - the reference model: the starting checkpoint loaded again from its path (with LoRA: the base with adapters
   disabled), so it is exactly the policy before training;
-- the pair mixture, mode counts and checkpoint discipline shared with SFT (`posttrain.stage`).
+- the pair mixture and mode counts (`posttrain.data.stage_dataset`) and the checkpoint discipline
+  (`posttrain.stage`) shared with SFT.
 """
 
 from __future__ import annotations
@@ -80,14 +81,11 @@ def build(script: DPOScriptArguments, training, model_args) -> stage.StageRun:
 
     out = StageOutput(training.output_dir, script.overwrite_output_dir)
     stage.validate_model_args(model_args, training)
-    if not script.datasets:
-        raise UserError("recipe key 'datasets': list at least one preference source")
     training.learning_rate, lr_origin = resolve_learning_rate(script, training, model_args)
     logger.info("dpo: learning_rate %g (%s)", training.learning_rate, lr_origin)
     tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
-    dataset = data.load_preferences(script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed,
-                                    allow_think_without_reasoning=script.allow_think_without_reasoning)
-    dataset, data_record = stage.select_rows("dpo", dataset, tokenizer, training.max_length, script)
+    dataset, data_record = data.stage_dataset("dpo", "preferences", script, tokenizer, seed=training.seed,
+                                              max_length=training.max_length)
 
     model = stage.load_model(model_args, tokenizer, new_tokens)
     # With LoRA, TRL uses the base with adapters disabled as the reference.

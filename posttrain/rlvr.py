@@ -3,7 +3,7 @@
 TRL's GRPOTrainer does the work: rollouts (transformers `generate` on CPU, vLLM `colocate` or `server` on GPUs),
 group advantages, the dapo / grpo / dr_grpo / bnpo losses, clipping and KL, all set by GRPOConfig keys in the
 recipe. What this stage adds:
-- the prompts: `posttrain.data.load_prompts` mixes the modes by `no_think_fraction`. GRPO's
+- the prompts: `posttrain.data.stage_dataset` (`load_prompts`) mixes the modes by `no_think_fraction`. GRPO's
   `chat_template_kwargs` is one value for the whole run, so each prompt carries its mode as a /think or
   /no_think system message (the template honours it), and a `mode` column the rewards read;
 - rewards by name (`rewards.get_reward`), each with its params from `reward_kwargs`, weighted by TRL's
@@ -141,22 +141,13 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
     stage.validate_model_args(model_args)
     check_rollouts(training, script)
     reward_funcs = build_rewards(script, training.reward_weights)
-    if not script.datasets:
-        raise UserError("recipe key 'datasets': list at least one prompt source")
+    logger.info("rlvr: rewards %s, weights %s", script.reward_funcs, training.reward_weights)
     tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
-    dataset = data.load_prompts(script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed)
-    dropped = None
-    if script.max_prompt_length is not None:
-        dataset, dropped = data.drop_overlong(dataset, tokenizer, script.max_prompt_length, script.overlong_policy)
-    counts = stage.rows_per_mode(dataset)
-    logger.info("rlvr: prompts per mode %s; rewards %s, weights %s", counts, script.reward_funcs, training.reward_weights)
-    stage.require_modes(counts, script.no_think_fraction, "rlvr datasets")
+    dataset, data_record = data.stage_dataset("rlvr", "prompts", script, tokenizer, seed=training.seed,
+                                              max_length=script.max_prompt_length)
 
     model = stage.load_model(model_args, tokenizer, new_tokens)
-    record = {
-        "recipe": stage.recipe_record(script, training, model_args),
-        "data": {"fingerprint": data.fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped},
-    }
+    record = {"recipe": stage.recipe_record(script, training, model_args), "data": data_record}
     training.output_dir = str(out.partial)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=training, train_dataset=dataset, processing_class=tokenizer,

@@ -3,8 +3,8 @@
 TRL's SFTTrainer does the work: each row's `chat_template_kwargs` ({"enable_thinking": ...}) renders it in its
 mode with the project's template, whose `{% generation %}` markers make `assistant_only_loss=True` train on the
 assistant turns (and their `<|im_end|>`) only. What this stage adds:
-- the mixture: `posttrain.data.load_conversations` mixes the recipe's sources and assigns modes by
-  `no_think_fraction`;
+- the mixture: `posttrain.data.stage_dataset` mixes the recipe's sources (`load_conversations`) and assigns
+  modes by `no_think_fraction`;
 - no silent drops: rows longer than `max_length` are dropped (or refused) *before* TRL sees them and counted per
   mode; the run fails if a mode the mixture asks for has no rows left, and fails if TRL drops any row itself
   (truncation once removed every /think row of a run without a word: 0% /think adherence);
@@ -47,14 +47,9 @@ def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.
 
     out = StageOutput(training.output_dir, script.overwrite_output_dir)
     stage.validate_model_args(model_args, training)
-    if not script.datasets:
-        raise UserError("recipe key 'datasets': list at least one data source")
     tokenizer, new_tokens = stage.load_tokenizer(model_args, script.tokenizer_name_or_path, script.default_instructions)
-    dataset = data.load_conversations(
-        script.datasets, no_think_fraction=script.no_think_fraction, seed=training.seed,
-        require_reasoning=script.require_reasoning, allow_think_without_reasoning=script.allow_think_without_reasoning,
-    )
-    dataset, data_record = stage.select_rows(name, dataset, tokenizer, training.max_length, script)
+    dataset, data_record = data.stage_dataset(name, "conversations", script, tokenizer, seed=training.seed,
+                                              max_length=training.max_length)
 
     model = stage.load_model(model_args, tokenizer, new_tokens)
     record = {"recipe": stage.recipe_record(script, training, model_args), "data": data_record}

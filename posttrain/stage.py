@@ -2,7 +2,7 @@
 atomic output directory and the run record.
 
 A stage module (midtrain, sft, dpo, rlvr) is: `parse_args` -> `StageOutput(...)` (refuses to clobber a complete
-output or anything posttrain did not write, writes nothing) -> `load_tokenizer` -> load + validate data ->
+output or anything posttrain did not write, writes nothing) -> `load_tokenizer` -> `data.stage_dataset` ->
 `load_model` -> build a TRL trainer with `output_dir=out.partial` -> `run(...)`, which takes `<output_dir>.lock`,
 trains into `<output_dir>.partial/` and renames it to `<output_dir>` only when the checkpoint and its
 `posttrain_run.json` are complete. So bad input fails before anything is written, an interrupted stage never
@@ -23,7 +23,6 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -33,7 +32,7 @@ import torch
 from common.errors import UserError
 from common.outputs import RUN_RECORD, StageOutput, write_json_atomic
 from common.recipe import help_requested, parse_recipe, refuse_remote_code
-from common.template import MODES, SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, attach_template, is_project_template
+from common.template import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, attach_template, is_project_template
 from common.tokenizers import gguf_file, load_pretrained_tokenizer
 
 logger = logging.getLogger("posttrain")
@@ -227,43 +226,6 @@ def init_new_embeddings(model, tokenizer, new_tokens: dict[str, list[int]]) -> N
         for module in embeddings.values():
             for token, pieces in new_tokens.items():
                 module.weight[tokenizer.convert_tokens_to_ids(token)] = module.weight[pieces].mean(0)
-
-
-# ------------------------------------------------------------------------------------------------------- data
-
-def rows_per_mode(dataset) -> dict[str, int]:
-    counts = Counter(dataset["mode"]) if len(dataset) else Counter()
-    return {mode: counts.get(mode, 0) for mode in MODES}
-
-
-def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) -> None:
-    """Fail when a mode the mixture asks for has no rows left (a model that never sees a /think row trains
-    happily and then never thinks)."""
-    wanted = [m for m, share in (("think", 1 - no_think_fraction), ("no_think", no_think_fraction)) if share > 0]
-    empty = [m for m in wanted if counts.get(m, 0) == 0]
-    if empty:
-        raise UserError(
-            f"{where}: no {'/'.join(empty)} rows left after dropping overlong rows (rows per mode: {counts}); "
-            "raise max_length or shorten the system text (e.g. recipe key 'default_instructions')"
-        )
-
-
-def select_rows(name: str, dataset, tokenizer, max_length: int | None, script: StageArguments):
-    """Drop (or refuse, per `overlong_policy`) rows longer than `max_length` before TRL would truncate them, count
-    rows per mode, log both, and fail if a mode the mixture asks for is left empty.
-
-    Returns (dataset, data record for posttrain_run.json: fingerprint, rows and dropped rows per mode, the /think
-    rows without reasoning that `allow_think_without_reasoning` let through)."""
-    from posttrain import data
-
-    dropped = dict.fromkeys(MODES, 0)
-    if max_length is not None:
-        dataset, dropped = data.drop_overlong(dataset, tokenizer, max_length, script.overlong_policy)
-    counts = rows_per_mode(dataset)
-    logger.info("%s: rows per mode %s; dropped as longer than max_length=%s: %s", name, counts, max_length, dropped)
-    require_modes(counts, script.no_think_fraction, f"{name} datasets")
-    return dataset, {"fingerprint": data.fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped,
-                     "think_without_reasoning": sum(bool(data.think_without_reasoning(row)) for row in dataset)}
 
 
 # ---------------------------------------------------------------------------------------------------- running

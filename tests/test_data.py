@@ -60,8 +60,9 @@ def test_arithmetic_conversations_hit_the_no_think_share_and_drop_reasoning_ther
         assert question["role"] == "user" and BOXED.fullmatch(reply["content"])
         assert gold(question["content"]) in (None, BOXED.fullmatch(reply["content"]).group(1))
         assert bool(reply["reasoning_content"]) == think
-    assert data.fingerprint(ds) == data.fingerprint(data.load_conversations(sources, no_think_fraction=0.3, seed=0))
-    assert data.fingerprint(ds) != data.fingerprint(data.load_conversations(sources, no_think_fraction=0.3, seed=1))
+    again = [data.load_conversations(sources, no_think_fraction=0.3, seed=seed) for seed in (0, 1)]
+    assert data.dataset_fingerprint(ds) == data.dataset_fingerprint(again[0])
+    assert data.dataset_fingerprint(ds) != data.dataset_fingerprint(again[1])
 
 
 def test_rendered_modes_with_the_template(tiny_tokenizer):
@@ -313,8 +314,8 @@ def test_hub_ids_offline_stop_training_and_are_skipped_by_evaluation(caplog):
     HF_HUB_OFFLINE=1), a training loader stops with one line; evaluation goes on without the source."""
     from posttrain.evaluate import load_eval_prompts
 
-    assert [s.path for s in data.parse_sources([{"name": "gsm8k"}, {"name": "math500"}], ("gsm8k", "math500"))] == [
-        "openai/gsm8k", "HuggingFaceH4/MATH-500"]
+    parsed = data.parse_dataset_sources([{"name": "gsm8k"}, {"name": "math500"}], ("gsm8k", "math500"))
+    assert [s.path for s in parsed] == ["openai/gsm8k", "HuggingFaceH4/MATH-500"]
     with pytest.raises(data.SourceUnavailable) as error:
         data.load_conversations([{"name": "gsm8k", "rows": 5}], no_think_fraction=0.5, seed=0)
     assert str(error.value).startswith("openai/gsm8k (main/train): cannot be loaded from the Hugging Face Hub")
@@ -351,7 +352,8 @@ def test_mix_gives_exact_shares_repeating_small_sources():
     repeated = [r["prompt"][1]["content"] for r in mixed if r["level"] == 3]
     assert set(repeated) == {r["prompt"][1]["content"] for r in b}
     assert all(repeated.count(q) == 2 for q in repeated)  # 10 rows from 5: each used twice
-    assert data.fingerprint(mixed) == data.fingerprint(data.mix([(a, 3.0), (b, 1.0)], total_rows=40, seed=0))
+    again = data.mix([(a, 3.0), (b, 1.0)], total_rows=40, seed=0)
+    assert data.dataset_fingerprint(mixed) == data.dataset_fingerprint(again)
     via_recipe = data.load_prompts(
         [{"name": "arithmetic", "rows": 40, "levels": [1], "weight": 3}, {"name": "arithmetic", "rows": 5,
           "levels": [3], "weight": 1}], no_think_fraction=0, seed=0,
@@ -388,8 +390,8 @@ def test_drop_overlong_counts_per_mode_and_can_refuse(tiny_tokenizer, caplog):
 def test_fingerprint_follows_content():
     ds = data.load_prompts([{"name": "arithmetic", "rows": 20}], no_think_fraction=0.5, seed=0)
     changed = ds.map(lambda r, i: {"answer": "0" if i == 7 else r["answer"]}, with_indices=True)
-    assert data.fingerprint(ds) == data.fingerprint(ds.select(range(20)))
-    assert data.fingerprint(ds) != data.fingerprint(changed)
+    assert data.dataset_fingerprint(ds) == data.dataset_fingerprint(ds.select(range(20)))
+    assert data.dataset_fingerprint(ds) != data.dataset_fingerprint(changed)
 
 
 # -------------------------------------------------------------------------------------------- bad input
