@@ -463,21 +463,13 @@ def make_accelerator(cfg: TrainConfig, work: Path) -> Accelerator:
 
 
 def setup(data: DataConfig, cfg: TrainConfig) -> Run:
-    """Setup: every check first (nothing is written until they pass), then the tokenizer and token files, then the
-    model, optimizer, schedule and loader, at the step of the checkpoint this run starts from. The order of the
-    seeded calls (init, set_seed, prepare, load_state) is what makes a seed give the same losses."""
+    """Setup: every check first (`check_run`: nothing is written until they pass), then the tokenizer and token
+    files, then the model, optimizer, schedule and loader, at the step of the checkpoint this run starts from. The
+    order of the seeded calls (init, set_seed, prepare, load_state) is what makes a seed give the same losses."""
     work = work_dir_of(cfg.output_dir)
     accelerator = make_accelerator(cfg, work)
     log = print if accelerator.is_main_process else (lambda *_: None)
-    if Path(cfg.output_dir).exists():
-        raise UserError(f"{cfg.output_dir}: recipe key 'output_dir' holds a finished run; choose another output_dir")
-    decay_source = read_checkpoint_state(Path(cfg.decay_from), "decay_from") if cfg.decay_from else None
-    accum, tokens_per_step = batch_shape(cfg, data.seq_len, accelerator.num_processes)
-    check_inputs(data)
-    resume, state = (None, None) if cfg.start_over else check_resume(data, cfg, tokens_per_step)
-    if state:
-        check_recipe_unchanged(state, data, cfg, resume)
-
+    decay_source, accum, tokens_per_step, resume, state = check_run(data, cfg, accelerator.num_processes)
     # Validation is over: from here on files are written (into <output_dir>.partial only).
     tokenizer, identity, files = prepare_inputs(data, cfg, accelerator, work, tokens_per_step, decay_source, log)
     model, optimizer, n_params = make_model_and_optimizer(cfg, accelerator, tokenizer)
@@ -508,6 +500,22 @@ def setup(data: DataConfig, cfg: TrainConfig) -> Run:
         log(f"{cfg.model}: {n_params:,} parameters; {run.max_steps} steps x {tokens_per_step:,} tokens "
             f"({accelerator.num_processes} process(es), accumulation {accum})")
     return run
+
+
+def check_run(data: DataConfig, cfg: TrainConfig, world: int) -> tuple:
+    """Every check before a file is written: output_dir free, `decay_from` a checkpoint, the batch shape, the
+    inputs, and a resumed run's recipe unchanged. Returns the decay_from state, the accumulation steps, the tokens
+    per step, and the checkpoint to resume from with its state (None, None: none, or `--start_over`)."""
+    out = Path(cfg.output_dir)
+    if out.exists():
+        raise UserError(f"{out}: recipe key 'output_dir' holds a finished run; choose another output_dir")
+    decay_source = read_checkpoint_state(Path(cfg.decay_from), "decay_from") if cfg.decay_from else None
+    accum, tokens_per_step = batch_shape(cfg, data.seq_len, world)
+    check_inputs(data)
+    resume, state = (None, None) if cfg.start_over else check_resume(data, cfg, tokens_per_step)
+    if state:
+        check_recipe_unchanged(state, data, cfg, resume)
+    return decay_source, accum, tokens_per_step, resume, state
 
 
 def prepare_inputs(data: DataConfig, cfg: TrainConfig, accelerator: Accelerator, work: Path, tokens_per_step: int,
@@ -565,7 +573,8 @@ def train_loop(run: Run) -> float:
         logging = done % cfg.logging_steps == 0 or done == run.max_steps
         saving = cfg.save_steps and done % cfg.save_steps == 0
         if logging or saving:
-            run.source_tokens += accelerator.reduce(torch.from_numpy(pending).to(accelerator.device), "sum").cpu().numpy()
+            synced = accelerator.reduce(torch.from_numpy(pending).to(accelerator.device), "sum")
+            run.source_tokens += synced.cpu().numpy()
             pending[:] = 0
         if logging:
             log_step(run, step, lr, meter, bar)

@@ -407,7 +407,9 @@ def test_cosine_accuracy_at_documented_points(length, correct, wrong):
     assert values == [pytest.approx(correct), pytest.approx(wrong), None]
 
 
-@pytest.mark.parametrize("bounds", [{}, {"min_correct": 0.0, "max_correct": 2.0, "min_wrong": -3.0, "max_wrong": 0.25}])
+@pytest.mark.parametrize(
+    "bounds", [{}, {"min_correct": 0.0, "max_correct": 2.0, "min_wrong": -3.0, "max_wrong": 0.25}]
+)
 def test_cosine_accuracy_is_trls_cosine_scaled_reward(bounds):
     from trl.rewards import get_cosine_scaled_reward
 
