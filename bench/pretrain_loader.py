@@ -39,7 +39,7 @@ def main() -> None:
 
     from common.recipe import parse_recipe
     from pretrain.corpus import web_documents
-    from pretrain.data import Curriculum, DataConfig, PackedLoader, Source, Stage, open_sources, tokenize
+    from pretrain.data import CorpusSource, Curriculum, DataConfig, PackedLoader, Stage, open_sources, tokenize
     from pretrain.tokenizer import train_bpe
     from pretrain.train import TrainConfig, train
 
@@ -58,7 +58,7 @@ def main() -> None:
         seq_len, micro = data.seq_len, cfg.micro_batch_size
         web = {"n": 3000, "seed": 0}  # the tiny recipe's generated web text (~1 MB)
         tokenizer = train_bpe([], 1024, tmp / "tokenizer", texts=web_documents(**web))
-        source = Source("web", "generator", generator="web", kwargs=web)
+        source = CorpusSource("web", "generator", generator="web", kwargs=web)
         tokenize([source], tokenizer, tmp / "tokens", np.dtype("uint16"), log=lambda *_: None)
         files = open_sources(tmp / "tokens", [source], seq_len)
         curriculum = Curriculum([Stage("s", 10**15, {"web": 1.0})], ["web"], seq_len * micro)

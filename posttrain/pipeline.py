@@ -141,9 +141,21 @@ def check_training_sources(args: PipelineArguments) -> None:
 
 
 def run(args: PipelineArguments) -> dict:
-    from posttrain import report
-    from posttrain.evaluate import evaluate, length_drift, load_baseline, load_eval_prompts
+    """The whole pipeline: every check that can fail fast first, then the stages with their evaluations, then the
+    report. Split in these three so each reads on its own: which stages run (`run_stages`), how a checkpoint is
+    scored (`evaluate_stage`), and what is reported (`write_report`)."""
+    order = stage_order(args)
+    check_training_sources(args)
+    eval_prompts, skipped_eval = _load_eval_prompts(args)
+    run_dir = Path(args.runs_dir) / args.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs, state = run_stages(args, order, run_dir, eval_prompts)
+    return write_report(args, order, outputs, state, run_dir, skipped_eval)
 
+
+def stage_order(args: PipelineArguments) -> list[str]:
+    """The stages this pipeline runs, in order; refuses an unknown stage, a missing recipe file or a `--from`
+    outside them before anything runs."""
     unknown = [s for s in args.stages if s not in STAGE_ORDER[:-1]]
     if unknown:
         raise UserError(f"pipeline recipe: unknown stage {unknown[0]!r} in 'stages' (known: {', '.join(STAGE_ORDER[:-1])})")
@@ -153,14 +165,25 @@ def run(args: PipelineArguments) -> dict:
     order = [s for s in STAGE_ORDER if s in args.stages or (s == "merge" and args.merge)]
     if args.from_stage and args.from_stage not in order:
         raise UserError(f"--from {args.from_stage!r}: not a stage of this pipeline ({', '.join(order)})")
-    check_training_sources(args)
+    return order
+
+
+def _load_eval_prompts(args: PipelineArguments):
+    """The evaluation prompts (None without `eval_datasets`) and the sources skipped; loaded before any stage runs,
+    so a headline source missing from them stops the pipeline at once."""
+    from posttrain.evaluate import load_eval_prompts
+
     eval_prompts, skipped_eval = load_eval_prompts(args.eval_datasets, seed=0) if args.eval_datasets else (None, [])
     if eval_prompts is not None and args.eval_headline_source not in set(eval_prompts["source"]):
         raise UserError(f"pipeline recipe: eval_headline_source {args.eval_headline_source!r} is not a source of "
                         f"eval_datasets ({', '.join(sorted(set(eval_prompts['source'])))})")
+    return eval_prompts, skipped_eval
 
-    run_dir = Path(args.runs_dir) / args.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def run_stages(args: PipelineArguments, order: list[str], run_dir: Path, eval_prompts) -> tuple[dict, dict]:
+    """Orchestration: each stage in order is skipped (recorded done), adopted (output complete but unrecorded) or
+    run, then evaluated; the state file is written after each, so a re-run resumes at the first stage not done.
+    Returns each stage's output directory and the state."""
     state_path = run_dir / "pipeline_state.json"
     state = _load_json(state_path, {})
     redo = order[order.index(args.from_stage):] if args.from_stage else []
@@ -176,50 +199,50 @@ def run(args: PipelineArguments) -> dict:
             print(f"[pipeline] {stage}: done in an earlier run, skipped ({out})", flush=True)
         else:
             state.pop(stage, None)
-            record = next((out / f for f in COMPLETE if (out / f).is_file()), None) if stage not in redo else None
-            if record is not None:  # the pipeline stopped after the stage, before recording it (e.g. in evaluation)
-                print(f"[pipeline] {stage}: trained in an earlier run, not retrained ({out})", flush=True)
-                state[stage] = {"wall_s": _load_json(record, {}).get("wall_s", 0.0)}
-            else:
-                if stage == "merge":
-                    cmd = _merge_command(args.merge, outputs, out)
-                else:
-                    overrides = args.stage_overrides.get(stage, {})
-                    cmd = _stage_command(stage, args.stages[stage], previous_model, out, overrides)
-                state[stage] = {"wall_s": _train(stage, cmd, out)}
+            state[stage] = {"wall_s": _run_stage(args, stage, out, outputs, previous_model, adopt=stage not in redo)}
             if eval_prompts is not None:
-                print(f"[pipeline] {stage}: evaluating {len(eval_prompts)} prompts", flush=True)
-                start = time.perf_counter()
-                result = evaluate(str(out), eval_prompts, max_new_tokens=args.eval_max_new_tokens,
-                                  batch_size=args.eval_batch_size)
-                result["eval_wall_s"] = round(time.perf_counter() - start, 1)
-                if previous_model and (Path(previous_model) / "eval.json").is_file():
-                    # reward-hacking monitor: mean completion length per mode vs the previous stage
-                    result["length_drift"] = length_drift(result, load_baseline(Path(previous_model) / "eval.json"), 1.5)
-                (out / "eval.json").write_text(json.dumps(result, indent=2))
+                evaluate_stage(args, stage, out, eval_prompts, previous_model)
             state_path.write_text(json.dumps(state, indent=2))
         previous_model = str(out)
+    return outputs, state
 
-    stages_report = {}
-    for stage in order:
-        out = outputs[stage]
-        result = _load_json(out / "eval.json", {})
-        entry = {"wall_s": state[stage]["wall_s"], "final_loss": _final_loss(out), "eval_wall_s": result.get("eval_wall_s")}
-        headline = result.get("by_source", {}).get(args.eval_headline_source, {})
-        entry["modes"] = {  # by_level: only the task's prompts have levels
-            mode: {**{k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n")},
-                   "by_level": result["modes"][mode].get("by_level")}
-            for mode, m in headline.items()
-        }
-        entry["by_source"] = result.get("by_source", {})
-        entry["length_drift"] = result.get("length_drift")
-        if stage == "dpo":
-            entry["reward_margin_first_last"] = _log_metric(out, "rewards/margins")
-        if stage == "rlvr":
-            # per mode: the all-rows mean swings with each batch's share of /think prompts (/no_think ones score ~0)
-            entry["think_accuracy_reward_first_last"] = _log_metric(out, "rewards/accuracy/think")
-            entry["no_think_length_first_last"] = _log_metric(out, "completions/no_think/mean_length")
-        stages_report[stage] = entry
+
+def _run_stage(args: PipelineArguments, stage: str, out: Path, outputs: dict, previous_model: str | None,
+               adopt: bool) -> float:
+    """Trains one stage (its wall time), or, with `adopt`, takes the complete output of an earlier run that
+    stopped after the stage, before recording it (e.g. in evaluation), without retraining."""
+    record = next((out / f for f in COMPLETE if (out / f).is_file()), None) if adopt else None
+    if record is not None:
+        print(f"[pipeline] {stage}: trained in an earlier run, not retrained ({out})", flush=True)
+        return _load_json(record, {}).get("wall_s", 0.0)
+    if stage == "merge":
+        cmd = _merge_command(args.merge, outputs, out)
+    else:
+        cmd = _stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
+    return _train(stage, cmd, out)
+
+
+def evaluate_stage(args: PipelineArguments, stage: str, out: Path, eval_prompts, previous_model: str | None) -> None:
+    """Evaluation: the stage's checkpoint in both modes, written to `<out>/eval.json`, with the length drift per
+    mode against the previous stage's evaluation (the reward-hacking monitor)."""
+    from posttrain.evaluate import evaluate, length_drift, load_baseline
+
+    print(f"[pipeline] {stage}: evaluating {len(eval_prompts)} prompts", flush=True)
+    start = time.perf_counter()
+    result = evaluate(str(out), eval_prompts, max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size)
+    result["eval_wall_s"] = round(time.perf_counter() - start, 1)
+    if previous_model and (Path(previous_model) / "eval.json").is_file():
+        result["length_drift"] = length_drift(result, load_baseline(Path(previous_model) / "eval.json"), 1.5)
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+
+
+def write_report(args: PipelineArguments, order: list[str], outputs: dict, state: dict, run_dir: Path,
+                 skipped_eval: list) -> dict:
+    """Report: `report.json`, then `report.md` and the plots (`posttrain.report`), from every stage's state,
+    training log and eval.json; the summary is returned."""
+    from posttrain import report
+
+    stages_report = {stage: _stage_entry(args, stage, outputs[stage], state[stage]["wall_s"]) for stage in order}
     summary = {"name": args.name, "headline_source": args.eval_headline_source, "stages": stages_report,
                "total_wall_s": round(sum(e["wall_s"] for e in stages_report.values()), 1),
                "skipped_eval_sources": skipped_eval}
@@ -227,6 +250,28 @@ def run(args: PipelineArguments) -> dict:
     report.write(summary, outputs, run_dir)
     print(f"[pipeline] report: {run_dir / 'report.md'}", flush=True)
     return summary
+
+
+def _stage_entry(args: PipelineArguments, stage: str, out: Path, wall_s: float) -> dict:
+    """One stage's report entry: wall times, final loss, the headline source's figures per mode, and the
+    stage's own training signals (DPO's reward margin, RLVR's per-mode accuracy reward and length)."""
+    result = _load_json(out / "eval.json", {})
+    entry = {"wall_s": wall_s, "final_loss": _final_loss(out), "eval_wall_s": result.get("eval_wall_s")}
+    headline = result.get("by_source", {}).get(args.eval_headline_source, {})
+    entry["modes"] = {  # by_level: only the task's prompts have levels
+        mode: {**{k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n")},
+               "by_level": result["modes"][mode].get("by_level")}
+        for mode, m in headline.items()
+    }
+    entry["by_source"] = result.get("by_source", {})
+    entry["length_drift"] = result.get("length_drift")
+    if stage == "dpo":
+        entry["reward_margin_first_last"] = _log_metric(out, "rewards/margins")
+    if stage == "rlvr":
+        # per mode: the all-rows mean swings with each batch's share of /think prompts (/no_think ones score ~0)
+        entry["think_accuracy_reward_first_last"] = _log_metric(out, "rewards/accuracy/think")
+        entry["no_think_length_first_last"] = _log_metric(out, "completions/no_think/mean_length")
+    return entry
 
 
 def main(argv):

@@ -29,8 +29,9 @@ logger = logging.getLogger("posttrain")
 
 # GRPOConfig's vllm_server_host defaults to 0.0.0.0; the rollout server (`posttrain serve`) binds to 127.0.0.1.
 RLVR_DEFAULTS = {"vllm_server_host": "127.0.0.1"}
-# The losses TRL 1.16's GRPOTrainer computes (`_compute_loss`). GRPOConfig takes any string, and the trainer
-# raises "Unknown loss type" only at the first step, after the model is loaded and rollouts generated.
+# The losses TRL 1.16's GRPOTrainer computes (`_compute_loss`). Ours, not TRL's check: GRPOConfig takes any string
+# and the trainer raises "Unknown loss type" only at the first step, after the model is loaded and rollouts
+# generated; TRL exports no list (tests check this one against GRPOConfig's documented values).
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 

@@ -98,7 +98,7 @@ class DataConfig:
         for key in ("sources", "stages"):
             if not getattr(self, key):
                 raise UserError(f"recipe key {key!r}: give at least one")
-        self.source_list = parse_sources(self.sources)
+        self.source_list = parse_corpus_sources(self.sources)
         self.stage_list = parse_stages(self.stages, [s.name for s in self.source_list])
         if isinstance(self.tokenizer, dict):
             check_tokenizer_spec(self.tokenizer, [s.name for s in self.source_list])
@@ -108,7 +108,10 @@ class DataConfig:
 
 
 @dataclass
-class Source:
+class CorpusSource:
+    """One pretraining corpus of the recipe's `sources` (text files, JSONL or a generator), tokenized to its own
+    token files. Not posttrain.data's sources, which are row datasets for the post-training stages."""
+
     name: str
     type: str
     path: str | None = None
@@ -137,7 +140,7 @@ def parse_count(value, where: str) -> int:
     return int(value)
 
 
-def parse_sources(raw: list) -> list[Source]:
+def parse_corpus_sources(raw: list) -> list[CorpusSource]:
     sources, names = [], set()
     for i, spec in enumerate(raw):
         where = f"recipe key 'sources[{i}]'"
@@ -162,7 +165,7 @@ def parse_sources(raw: list) -> list[Source]:
             generators.resolve(spec["generator"], f"{where} ({name}) field 'generator'")
         if not isinstance(spec.get("kwargs", {}), dict):
             raise UserError(f"{where} ({name}): field 'kwargs' must be a mapping")
-        sources.append(Source(**{"field": "text", **spec}))
+        sources.append(CorpusSource(**{"field": "text", **spec}))
     return sources
 
 
@@ -218,7 +221,7 @@ def check_tokenizer_spec(spec: dict, source_names: list[str]) -> None:
 # ---------------------------------------------------------------- reading documents
 
 
-def source_files(source: Source) -> list[Path]:
+def source_files(source: CorpusSource) -> list[Path]:
     """The source's files, checked: missing or empty files name the file and the source."""
     matches = sorted(glob.glob(source.path)) if glob.has_magic(source.path) else [source.path]
     if not matches:
@@ -231,14 +234,14 @@ def source_files(source: Source) -> list[Path]:
     return [Path(f) for f in matches]
 
 
-def check_source(source: Source) -> None:
+def check_source(source: CorpusSource) -> None:
     """Fail before anything is written: files exist and are not empty, generators import, and the source
     has a non-blank document (reading up to the first one; a generator is called)."""
     if next(iter_documents(source), None) is None:
         raise UserError(f"source {source.name!r} ({source.path or source.generator}): no non-blank documents")
 
 
-def iter_documents(source: Source) -> Iterator[str]:
+def iter_documents(source: CorpusSource) -> Iterator[str]:
     """The source's documents as strings (blank ones skipped); bad rows name file, row and field."""
     if source.type == "generator":
         target, function = generators.resolve(source.generator, f"source {source.name!r} field 'generator'")
@@ -309,7 +312,7 @@ def file_stamp(path: Path) -> list:
     return [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
 
 
-def source_fingerprint(source: Source) -> dict:
+def source_fingerprint(source: CorpusSource) -> dict:
     """What a source's documents come from: its spec plus its files' size/mtime or its generator's code."""
     fp = {"source": dict(source.__dict__)}
     if source.type == "generator":
@@ -320,7 +323,7 @@ def source_fingerprint(source: Source) -> dict:
     return json.loads(json.dumps(fp))
 
 
-def fingerprint(source: Source, tokenizer, dtype: np.dtype) -> dict:
+def token_file_fingerprint(source: CorpusSource, tokenizer, dtype: np.dtype) -> dict:
     """What the token files were made from; any change makes them stale."""
     return {**source_fingerprint(source), "tokenizer": tokenizer_hash(tokenizer), "dtype": dtype.name}
 
@@ -329,14 +332,14 @@ def token_paths(data_dir: Path, name: str) -> tuple[Path, Path, Path]:
     return data_dir / f"{name}.bin", data_dir / f"{name}.idx.npy", data_dir / f"{name}.json"
 
 
-def is_fresh(data_dir: Path, source: Source, tokenizer, dtype: np.dtype) -> bool:
+def is_fresh(data_dir: Path, source: CorpusSource, tokenizer, dtype: np.dtype) -> bool:
     meta = token_paths(data_dir, source.name)[2]
     if not meta.is_file():
         return False
-    return json.loads(meta.read_text()).get("fingerprint") == fingerprint(source, tokenizer, dtype)
+    return json.loads(meta.read_text()).get("fingerprint") == token_file_fingerprint(source, tokenizer, dtype)
 
 
-def tokenize_source(source: Source, tokenizer, data_dir: Path, dtype: np.dtype) -> dict:
+def tokenize_source(source: CorpusSource, tokenizer, data_dir: Path, dtype: np.dtype) -> dict:
     """Write the source's token file and document index (temp names, renamed when complete)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     bin_path, idx_path, meta_path = token_paths(data_dir, source.name)
@@ -373,14 +376,14 @@ def tokenize_source(source: Source, tokenizer, data_dir: Path, dtype: np.dtype) 
     os.replace(tmp_bin, bin_path)
     os.replace(tmp_idx, idx_path)
     meta = {
-        "fingerprint": fingerprint(source, tokenizer, dtype), "dtype": dtype.name,
+        "fingerprint": token_file_fingerprint(source, tokenizer, dtype), "dtype": dtype.name,
         "tokens": total, "documents": len(starts), "vocab_size": len(tokenizer),
     }
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
 
-def tokenize(sources: list[Source], tokenizer, data_dir: Path, dtype: np.dtype, log=print) -> None:
+def tokenize(sources: list[CorpusSource], tokenizer, data_dir: Path, dtype: np.dtype, log=print) -> None:
     """Tokenize every source whose files are missing or stale."""
     for source in sources:
         if is_fresh(data_dir, source, tokenizer, dtype):
@@ -558,5 +561,5 @@ class PackedLoader:
         return {k: torch.from_numpy(v) for k, v in batch.items()}, rows_per_source * self.seq_len
 
 
-def open_sources(data_dir: Path, sources: list[Source], seq_len: int) -> list[TokenFile]:
+def open_sources(data_dir: Path, sources: list[CorpusSource], seq_len: int) -> list[TokenFile]:
     return [TokenFile(data_dir, s.name, seq_len) for s in sources]

@@ -403,28 +403,129 @@ def replica_checksums(accelerator: Accelerator, model) -> list[float] | None:
 
 
 def train(data: DataConfig, cfg: TrainConfig) -> Path:
-    """Tokenize if needed, train (resuming from the newest checkpoint), save the final checkpoint to output_dir."""
-    out, work = Path(cfg.output_dir), work_dir_of(cfg.output_dir)
+    """Tokenize if needed, train (resuming from the newest checkpoint), save the final checkpoint to output_dir.
+    Three parts, each readable alone: `setup` (checks, files, model, optimizer, schedule, resume), `train_loop`
+    (the steps, their log lines and checkpoints), `save_final` (the model and the run's record, renamed into place)."""
+    run = setup(data, cfg)
+    wall = train_loop(run)
+    save_final(run, wall)
+    return Path(cfg.output_dir)
+
+
+@dataclass
+class Run:
+    """What `setup` makes and the loop and the checkpoints use."""
+
+    data: DataConfig
+    cfg: TrainConfig
+    accelerator: Accelerator
+    work: Path
+    tokenizer: object
+    identity: dict
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: PackedLoader
+    curriculum: Curriculum
+    names: list[str]
+    plan: dict
+    decay_start: int | None
+    start: int
+    accum: int
+    tokens_per_step: int
+    source_tokens: np.ndarray  # per source, summed over ranks; updated in place at each log or save step
+    history: list[dict]
+    n_params: int
+    fpt: float
+    peak: float | None
+
+    @property
+    def max_steps(self) -> int:
+        return self.plan["max_steps"]
+
+    def trainer_state(self, step: int) -> dict:
+        """What a checkpoint records besides the accelerate state: enough to resume and to check a resume."""
+        return {
+            "step": step, "plan": self.plan, "identity": self.identity, "recipe": recipe_values(self.data, self.cfg),
+            "decay_from_step": self.decay_start,
+            "stage": self.data.stage_list[self.curriculum.stage_at(max(step - 1, 0))].name,
+            "tokens": step * self.tokens_per_step, "source_tokens": dict(zip(self.names, self.source_tokens.tolist())),
+        }
+
+
+def make_accelerator(cfg: TrainConfig, work: Path) -> Accelerator:
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() not in ("", "none")]
-    accelerator = Accelerator(
+    return Accelerator(
         # accelerate detects torchrun's ranks on CPU only when told it is on CPU (then: gloo DDP)
         cpu=not torch.accelerator.is_available(), mixed_precision=cfg.mixed_precision, log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(work), logging_dir=str(work / "runs")),
     )
-    main = accelerator.is_main_process
-    log = print if main else (lambda *_: None)
+
+
+def setup(data: DataConfig, cfg: TrainConfig) -> Run:
+    """Setup: every check first (`check_run`: nothing is written until they pass), then the tokenizer and token
+    files, then the model, optimizer, schedule and loader, at the step of the checkpoint this run starts from. The
+    order of the seeded calls (init, set_seed, prepare, load_state) is what makes a seed give the same losses."""
+    work = work_dir_of(cfg.output_dir)
+    accelerator = make_accelerator(cfg, work)
+    log = print if accelerator.is_main_process else (lambda *_: None)
+    decay_source, accum, tokens_per_step, resume, state = check_run(data, cfg, accelerator.num_processes)
+    # Validation is over: from here on files are written (into <output_dir>.partial only).
+    tokenizer, identity, files = prepare_inputs(data, cfg, accelerator, work, tokens_per_step, decay_source, log)
+    model, optimizer, n_params = make_model_and_optimizer(cfg, accelerator, tokenizer)
+    names = [s.name for s in data.source_list]
+    decay_start = state["decay_from_step"] if state else (decay_source["step"] if decay_source else None)
+    curriculum = Curriculum(data.stage_list, names, tokens_per_step, decay_start=decay_start)
+    plan = state["plan"] if state else make_plan(cfg, curriculum, decay_source)
+    # Where this run starts: its own newest checkpoint, else the decay_from checkpoint, else step 0.
+    origin, origin_path = (state, resume) if state else (decay_source, cfg.decay_from)
+    start = origin["step"] if origin else 0
+    if origin:
+        accelerator.load_state(str(origin_path))
+        log(f"resuming from {origin_path} at step {start}")
+    run = Run(
+        data=data, cfg=cfg, accelerator=accelerator, work=work, tokenizer=tokenizer, identity=identity, model=model,
+        optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg, plan, last_epoch=start - 1),
+        loader=PackedLoader(files, curriculum, data.seq_len, cfg.micro_batch_size, cfg.seed, accelerator.process_index),
+        curriculum=curriculum, names=names, plan=plan, decay_start=decay_start, start=start, accum=accum,
+        tokens_per_step=tokens_per_step,
+        source_tokens=np.array([origin["source_tokens"][n] if origin else 0 for n in names], dtype=np.int64),
+        history=log_up_to(work / "log_history.jsonl", start) if accelerator.is_main_process else [],
+        n_params=n_params, fpt=flops_per_token(accelerator.unwrap_model(model).config, n_params, data.seq_len),
+        peak=peak_flops(cfg),
+    )
+    if accelerator.is_main_process:
+        scalars = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(cfg.run_name, scalars)
+        log(f"{cfg.model}: {n_params:,} parameters; {run.max_steps} steps x {tokens_per_step:,} tokens "
+            f"({accelerator.num_processes} process(es), accumulation {accum})")
+    return run
+
+
+def check_run(data: DataConfig, cfg: TrainConfig, world: int) -> tuple:
+    """Every check before a file is written: output_dir free, `decay_from` a checkpoint, the batch shape, the
+    inputs, and a resumed run's recipe unchanged. Returns the decay_from state, the accumulation steps, the tokens
+    per step, and the checkpoint to resume from with its state (None, None: none, or `--start_over`)."""
+    out = Path(cfg.output_dir)
     if out.exists():
         raise UserError(f"{out}: recipe key 'output_dir' holds a finished run; choose another output_dir")
     decay_source = read_checkpoint_state(Path(cfg.decay_from), "decay_from") if cfg.decay_from else None
-    accum, tokens_per_step = batch_shape(cfg, data.seq_len, accelerator.num_processes)
+    accum, tokens_per_step = batch_shape(cfg, data.seq_len, world)
     check_inputs(data)
     resume, state = (None, None) if cfg.start_over else check_resume(data, cfg, tokens_per_step)
     if state:
         check_recipe_unchanged(state, data, cfg, resume)
+    return decay_source, accum, tokens_per_step, resume, state
 
-    # Validation is over: from here on files are written (into <output_dir>.partial only).
+
+def prepare_inputs(data: DataConfig, cfg: TrainConfig, accelerator: Accelerator, work: Path, tokens_per_step: int,
+                   decay_source: dict | None, log) -> tuple:
+    """The files a run writes before training: the tokenizer and token files (made by the main process first),
+    with `--start_over`'s checkpoints deleted and an interrupted save's removed. Returns the tokenizer, the run's
+    identity (checked against `decay_from`'s, which needs the tokenizer) and the open token files."""
+    main = accelerator.is_main_process
     if cfg.start_over and main:
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the log is cut back to step 0 below
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the log is cut back to step 0 in `setup`
     with accelerator.main_process_first():
         tokenizer = prepare(data, work, log)
         work.mkdir(parents=True, exist_ok=True)
@@ -432,12 +533,15 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
     if decay_source:  # needs the tokenizer, so it comes after prepare: only a new run's own files are written
         check_identity(decay_source["identity"], identity, DECAY_KEYS, f"{cfg.decay_from}: recipe key 'decay_from'")
     files = open_sources(data_dir_of(data, work), data.source_list, data.seq_len)
-    names = [s.name for s in data.source_list]
-    ckpt_root = work / "checkpoints"
     if main:
-        for stale in ckpt_root.glob("tmp-step-*"):  # a save interrupted by a kill
+        for stale in (work / "checkpoints").glob("tmp-step-*"):  # a save interrupted by a kill
             shutil.rmtree(stale)
+    return tokenizer, identity, files
 
+
+def make_model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, tokenizer) -> tuple:
+    """The model from random init (same on every rank: seeded before `set_seed` makes the rest per rank) and its
+    AdamW, both prepared by accelerate; with the parameter count."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     model = build_model(cfg, tokenizer)
@@ -445,108 +549,107 @@ def train(data: DataConfig, cfg: TrainConfig) -> Path:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
-    # Where this run starts: its own newest checkpoint, else the decay_from checkpoint, else step 0.
-    origin, origin_path = (state, resume) if state else (decay_source, cfg.decay_from)
-
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon, fused=accelerator.device.type == "cuda",
     )
     model, optimizer = accelerator.prepare(model, optimizer)
-    decay_start = state["decay_from_step"] if state else (decay_source["step"] if decay_source else None)
-    curriculum = Curriculum(data.stage_list, names, tokens_per_step, decay_start=decay_start)
-    plan = state["plan"] if state else make_plan(cfg, curriculum, decay_source)
-    start = origin["step"] if origin else 0
-    if origin:
-        accelerator.load_state(str(origin_path))
-        log(f"resuming from {origin_path} at step {start}")
-    scheduler = make_scheduler(optimizer, cfg, plan, last_epoch=start - 1)
-    loader = PackedLoader(files, curriculum, data.seq_len, cfg.micro_batch_size, cfg.seed, accelerator.process_index)
-    source_tokens = np.array([origin["source_tokens"][n] if origin else 0 for n in names], dtype=np.int64)
-    history = log_up_to(work / "log_history.jsonl", start) if main else []
-    fpt, peak = flops_per_token(accelerator.unwrap_model(model).config, n_params, data.seq_len), peak_flops(cfg)
-    max_steps = plan["max_steps"]
-    if main:
-        scalars = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(cfg.run_name, scalars)
-        log(f"{cfg.model}: {n_params:,} parameters; {max_steps} steps x {tokens_per_step:,} tokens "
-            f"({accelerator.num_processes} process(es), accumulation {accum})")
+    return model, optimizer, n_params
 
-    def trainer_state(step: int) -> dict:
-        return {
-            "step": step, "plan": plan, "identity": identity, "recipe": recipe_values(data, cfg),
-            "decay_from_step": decay_start,
-            "stage": data.stage_list[curriculum.stage_at(max(step - 1, 0))].name, "tokens": step * tokens_per_step,
-            "source_tokens": dict(zip(names, source_tokens.tolist())),
-        }
 
-    model.train()
-    bar = tqdm(total=max_steps, initial=start, disable=not main, dynamic_ncols=True)
-    pending = np.zeros(len(names), dtype=np.int64)  # this rank's tokens per source since the last sync
+def train_loop(run: Run) -> float:
+    """The loop from the start step to max_steps: a log line every `logging_steps`, a checkpoint every `save_steps`.
+    Per-source token counts are summed over ranks only at those steps (the only collectives besides the
+    gradients'). Returns the loop's wall time."""
+    cfg, accelerator = run.cfg, run.accelerator
+    run.model.train()
+    bar = tqdm(total=run.max_steps, initial=run.start, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    pending = np.zeros(len(run.names), dtype=np.int64)  # this rank's tokens per source since the last sync
     meter, run_start = Meter(accelerator.device), time.perf_counter()
-    for step in range(start, max_steps):
-        for micro in range(accum):
-            batch, counts = loader.batch(step, micro)
-            pending += counts
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-            with accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext():
-                loss = model(**batch, use_cache=False).loss / accum
-                accelerator.backward(loss)
-            meter.loss += loss.detach()
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    for step in range(run.start, run.max_steps):
+        lr = optimizer_step(run, step, meter, pending)
         done, meter.steps = step + 1, meter.steps + 1
         bar.update(1)
-        logging = done % cfg.logging_steps == 0 or done == max_steps
+        logging = done % cfg.logging_steps == 0 or done == run.max_steps
         saving = cfg.save_steps and done % cfg.save_steps == 0
-        if logging or saving:  # the only collectives besides the gradients'
-            source_tokens += accelerator.reduce(torch.from_numpy(pending).to(accelerator.device), "sum").cpu().numpy()
+        if logging or saving:
+            synced = accelerator.reduce(torch.from_numpy(pending).to(accelerator.device), "sum")
+            run.source_tokens += synced.cpu().numpy()
             pending[:] = 0
         if logging:
-            loss_value, tps = meter.read(accelerator, tokens_per_step)
-            entry = {
-                "step": done, "loss": round(loss_value, 6), "lr": lr, "tokens": done * tokens_per_step,
-                "stage": data.stage_list[curriculum.stage_at(step)].name,
-                **throughput(tps, fpt, peak, accelerator.num_processes),
-                "source_tokens": dict(zip(names, source_tokens.tolist())),
-            }
-            history.append(entry)
-            accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}
-                            | {f"tokens_{n}": t for n, t in entry["source_tokens"].items()}, step=done)
-            if main:
-                with open(work / "log_history.jsonl", "a") as fh:
-                    fh.write(json.dumps(entry) + "\n")
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", stage=entry["stage"])
+            log_step(run, step, lr, meter, bar)
         if saving:
-            save_checkpoint(accelerator, ckpt_root, trainer_state(done), cfg.keep_last)
+            save_checkpoint(accelerator, run.work / "checkpoints", run.trainer_state(done), cfg.keep_last)
     bar.close()
-    wall = time.perf_counter() - run_start
+    return time.perf_counter() - run_start
 
-    replicas = replica_checksums(accelerator, model)
+
+def optimizer_step(run: Run, step: int, meter: Meter, pending: np.ndarray) -> float:
+    """One optimizer step over `accum` micro-batches (gradients synced on the last only); the learning rate used.
+    Each micro-batch's loss is added to the meter and its tokens per source to `pending`."""
+    accelerator, model = run.accelerator, run.model
+    for micro in range(run.accum):
+        batch, counts = run.loader.batch(step, micro)
+        pending += counts
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+        with accelerator.no_sync(model) if micro < run.accum - 1 else contextlib.nullcontext():
+            loss = model(**batch, use_cache=False).loss / run.accum
+            accelerator.backward(loss)
+        meter.loss += loss.detach()
+    if run.cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def log_step(run: Run, step: int, lr: float, meter: Meter, bar) -> None:
+    """One log entry: to the history, the trackers and (main process) log_history.jsonl and the progress bar."""
+    done, accelerator = step + 1, run.accelerator
+    loss_value, tps = meter.read(accelerator, run.tokens_per_step)
+    entry = {
+        "step": done, "loss": round(loss_value, 6), "lr": lr, "tokens": done * run.tokens_per_step,
+        "stage": run.data.stage_list[run.curriculum.stage_at(step)].name,
+        **throughput(tps, run.fpt, run.peak, accelerator.num_processes),
+        "source_tokens": dict(zip(run.names, run.source_tokens.tolist())),
+    }
+    run.history.append(entry)
+    accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}
+                    | {f"tokens_{n}": t for n, t in entry["source_tokens"].items()}, step=done)
+    if accelerator.is_main_process:
+        with open(run.work / "log_history.jsonl", "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", stage=entry["stage"])
+
+
+def save_final(run: Run, wall: float) -> None:
+    """The final checkpoint: model, tokenizer, pretrain_state.json (the last trainer state, throughput, replica
+    checksums, the whole config) and log_history.json into the work directory, then its rename to output_dir."""
+    accelerator, max_steps = run.accelerator, run.max_steps
+    replicas = replica_checksums(accelerator, run.model)
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
-    if main:
-        final = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(run.model)
+    if accelerator.is_main_process:
+        work, out = run.work, Path(run.cfg.output_dir)
+        final = accelerator.unwrap_model(run.model)
         final.config.use_cache = True
         final.save_pretrained(work, state_dict=state_dict)
-        tokenizer.save_pretrained(work)
-        summary = trainer_state(max_steps) | {
-            "parameters": n_params, "world_size": accelerator.num_processes, "wall_s": round(wall, 2),
-            **throughput((max_steps - start) * tokens_per_step / max(wall, 1e-9), fpt, peak, accelerator.num_processes),
-            "flops_per_token": fpt, "replica_param_checksums": replicas,
-            "config": dataclasses.asdict(data) | dataclasses.asdict(cfg),
+        run.tokenizer.save_pretrained(work)
+        tokens_per_s = (max_steps - run.start) * run.tokens_per_step / max(wall, 1e-9)
+        summary = run.trainer_state(max_steps) | {
+            "parameters": run.n_params, "world_size": accelerator.num_processes, "wall_s": round(wall, 2),
+            **throughput(tokens_per_s, run.fpt, run.peak, accelerator.num_processes),
+            "flops_per_token": run.fpt, "replica_param_checksums": replicas,
+            "config": dataclasses.asdict(run.data) | dataclasses.asdict(run.cfg),
         }
         write_json(work / "pretrain_state.json", summary)
-        write_json(work / "log_history.json", history)
+        write_json(work / "log_history.json", run.history)
         (work / "log_history.jsonl").unlink()
         os.replace(work, out)
-        log(f"saved {out} ({max_steps} steps, {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s)")
+        print(f"saved {out} ({max_steps} steps, {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s)")
     accelerator.end_training()
-    return out
 
 
 def main(argv: list[str]) -> int:

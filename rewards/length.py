@@ -83,6 +83,10 @@ class CosineAccuracy:
     give up early on problems it cannot yet solve. Past L_max the value stays at the L_max end (clamped, or the
     cosine would climb again). Correctness is the `accuracy` reward's (reads `answer` and `completion_ids`,
     same `workers` / `timeout` / `batch_timeout`); an unparseable gold gives None.
+
+    The formula is TRL's `trl.rewards.get_cosine_scaled_reward` (same bounds, same clamp; tests compare the two),
+    not called: its correctness is `trl.rewards.accuracy_reward` on the whole completion, in-process (see
+    `rewards.accuracy` for why not), and it cannot take ours.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class CosineAccuracy:
         return [None if ok is None else self.value(bool(ok), n) for ok, n in zip(correct, lengths)]
 
     def value(self, correct: bool, length: int) -> float:
+        """TRL's `_CosineScaledReward` formula for one completion of `length` tokens."""
         c = math.cos(math.pi * min(length / self.max_length, 1.0))
         if correct:
             return self.min_correct + (self.max_correct - self.min_correct) * (1 + c) / 2

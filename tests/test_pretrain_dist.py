@@ -72,10 +72,10 @@ def test_ranks_init_identical_replicas_whose_shards_are_not_copies(tmp_path, tin
     import numpy as np
     from transformers import AutoTokenizer
 
-    from pretrain.data import Source, tokenize
+    from pretrain.data import CorpusSource, tokenize
 
     out = tmp_path / "shards.json"
-    source = Source("web", "text", str(web_text))
+    source = CorpusSource("web", "text", str(web_text))
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     tokenize([source], tokenizer, out.with_suffix(".tokens"), np.dtype("uint16"), log=lambda *_: None)
     torchrun(str(Path(__file__)), str(tiny_tokenizer_dir), str(out))

@@ -408,6 +408,24 @@ def test_cosine_accuracy_at_documented_points(length, correct, wrong):
 
 
 @pytest.mark.parametrize(
+    "bounds", [{}, {"min_correct": 0.0, "max_correct": 2.0, "min_wrong": -3.0, "max_wrong": 0.25}]
+)
+def test_cosine_accuracy_is_trls_cosine_scaled_reward(bounds):
+    from trl.rewards import get_cosine_scaled_reward
+
+    names = {"min_correct": "min_value_correct", "max_correct": "max_value_correct",
+             "min_wrong": "min_value_wrong", "max_wrong": "max_value_wrong"}
+    ours = get_reward("cosine_accuracy", max_length=100, workers=0, timeout=2, **bounds)
+    trls = get_cosine_scaled_reward(max_len=100, **{names[k]: v for k, v in bounds.items()})
+    lengths = [0, 1, 17, 50, 99, 100, 101, 400]
+    completions = [[{"role": "assistant", "content": c}] for c in ("\\boxed{42}", "\\boxed{41}") for _ in lengths]
+    completion_ids = [ids(n) for n in lengths] * 2
+    answers = ["42"] * len(completions)
+    expected = trls(completions, answers, completion_ids)
+    assert ours(completions, answer=answers, completion_ids=completion_ids) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
     "mode, length, expected",
     [
         ("think", 100, 0.0),

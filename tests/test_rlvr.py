@@ -195,6 +195,18 @@ def test_loss_type_is_checked_before_anything_is_loaded(tiny_model_dir, tmp_path
     assert "\n" not in str(e.value) and not (tmp_path / "rlvr").exists() and not (tmp_path / "rlvr.partial").exists()
 
 
+def test_loss_types_are_those_trl_documents_and_an_unknown_one_passes_grpo_config():
+    import re
+
+    from trl import GRPOConfig
+
+    help_text = GRPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
+    documented = re.search(r"Supported values are (.*?)\. ", help_text).group(1)
+    assert set(rlvr.LOSS_TYPES) == set(re.findall(r"'(\w+)'", documented))
+    # why the list is ours: TRL 1.16 accepts an unknown loss type at config time
+    assert GRPOConfig(output_dir="unused", loss_type="ppo", use_cpu=True, bf16=False).loss_type == "ppo"
+
+
 def test_a_soft_overlong_limit_other_than_max_completion_length_warns(tiny_model_dir, tmp_path, caplog):
     def check(max_length):
         argv = _recipe(
