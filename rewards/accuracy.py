@@ -1,8 +1,10 @@
 """Math accuracy with math-verify: the final answer after the think block against the gold answer.
 
 Why not TRL's `accuracy_reward`: it parses the whole completion, so an answer that appears only inside
-`<think>…</think>` scores 1 and RL learns to hide answers in the reasoning; and it calls math-verify in the
-trainer process, where `signal.alarm` timeouts need the main thread and a stuck parse stalls training. Here the
+`<think>…</think>` scores 1 and RL learns to hide answers in the reasoning. TRL 1.16's `reasoning_accuracy_reward`
+cuts the answer after `</think>`, but scores 0 every completion without that tag, i.e. every /no_think one (the
+empty think block is in the prompt, not the completion). Both call math-verify in the trainer process, where
+`signal.alarm` timeouts need the main thread and a stuck parse stalls training. Here the
 answer is cut out of the completion first (cheap, linear, in the trainer process), and only the short
 candidate goes to math-verify in a `BoundedPool` (see `rewards.pool`), under a wall-clock deadline per batch.
 
