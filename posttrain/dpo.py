@@ -103,10 +103,15 @@ def build(script: DPOScriptArguments, training, model_args) -> stage.StageRun:
     return stage.StageRun("dpo", trainer, out, model_args, tokenizer, new_tokens, record)
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]):
+    """The recipe as (script, DPOConfig, ModelConfig); None after `--help`. The pipeline checks it with this too."""
     from trl import DPOConfig, ModelConfig
 
-    args = stage.parse_args((DPOScriptArguments, DPOConfig, ModelConfig), argv, "posttrain dpo", DPO_DEFAULTS)
+    return stage.parse_args((DPOScriptArguments, DPOConfig, ModelConfig), argv, "posttrain dpo", DPO_DEFAULTS)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     if args is None:
         return 0
     build(*args).run()

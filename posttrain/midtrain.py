@@ -34,12 +34,17 @@ class MidtrainScriptArguments(sft.SFTScriptArguments):
     )
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]):
+    """The recipe as (script, SFTConfig, ModelConfig); None after `--help`. The pipeline checks it with this too."""
     from trl import ModelConfig, SFTConfig
 
-    args = stage.parse_args(
+    return stage.parse_args(
         (MidtrainScriptArguments, SFTConfig, ModelConfig), argv, "posttrain midtrain", MIDTRAIN_DEFAULTS
     )
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     if args is None:
         return 0
     sft.build("midtrain", *args).run()

@@ -14,6 +14,7 @@ STAGE and everything after it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import UserError
-from common.recipe import help_requested, load_yaml, parse_recipe
+from common.recipe import help_requested, parse_recipe
 
 STAGE_ORDER = ("pretrain", "midtrain", "sft", "dpo", "rlvr", "merge")
 # The kind of rows each post-training stage reads (a key of `posttrain.data.SOURCE_NAMES`).
@@ -126,16 +127,19 @@ def _train(stage: str, cmd: list[str], out: Path) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def check_training_sources(args: PipelineArguments) -> None:
-    """Every post-training stage's `datasets` (its recipe under its overrides) can be loaded: a missing file or
-    an unreachable Hub dataset stops the pipeline here, not after the stages before it have run for minutes."""
+def check_stage_recipes(args: PipelineArguments, run_dir: Path) -> None:
+    """Every post-training stage's recipe, under its overrides, parses as its stage will parse it (keys, types,
+    ranges, TRL's own checks), and its `datasets` can be loaded: a typo in the DPO recipe, a missing file or an
+    unreachable Hub dataset stops the pipeline here, not after the stages before it have run for minutes."""
     from posttrain import data
 
     for stage, recipe in args.stages.items():
         if stage in STAGE_ROWS:
-            sources = {**load_yaml(recipe), **args.stage_overrides.get(stage, {})}.get("datasets")
+            overrides = args.stage_overrides.get(stage, {})
+            argv = _stage_command(stage, recipe, None, run_dir / stage, overrides)[4:]  # after `python -m posttrain <stage>`
             try:
-                data.check_available(sources, data.SOURCE_NAMES[STAGE_ROWS[stage]])
+                script = importlib.import_module(f"posttrain.{stage}").parse(argv)[0]
+                data.check_available(script.datasets, data.SOURCE_NAMES[STAGE_ROWS[stage]])
             except UserError as e:
                 raise UserError(f"stage {stage} ({recipe}): {e}") from None
 
@@ -145,9 +149,9 @@ def run(args: PipelineArguments) -> dict:
     report. Split in these three so each reads on its own: which stages run (`run_stages`), how a checkpoint is
     scored (`evaluate_stage`), and what is reported (`write_report`)."""
     order = stage_order(args)
-    check_training_sources(args)
-    eval_prompts, skipped_eval = _load_eval_prompts(args)
     run_dir = Path(args.runs_dir) / args.name
+    check_stage_recipes(args, run_dir)
+    eval_prompts, skipped_eval = _load_eval_prompts(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     outputs, state = run_stages(args, order, run_dir, eval_prompts)
     return write_report(args, order, outputs, state, run_dir, skipped_eval)

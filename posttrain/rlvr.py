@@ -157,10 +157,15 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
     return stage.StageRun("rlvr", trainer, out, model_args, tokenizer, new_tokens, record)
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]):
+    """The recipe as (script, GRPOConfig, ModelConfig); None after `--help`. The pipeline checks it with this too."""
     from trl import GRPOConfig, ModelConfig
 
-    args = stage.parse_args((RLVRScriptArguments, GRPOConfig, ModelConfig), argv, "posttrain rlvr", RLVR_DEFAULTS)
+    return stage.parse_args((RLVRScriptArguments, GRPOConfig, ModelConfig), argv, "posttrain rlvr", RLVR_DEFAULTS)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     if args is None:
         return 0
     build(*args).run()

@@ -75,10 +75,15 @@ def _documents(prepared) -> int:
     return len(prepared)
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]):
+    """The recipe as (script, SFTConfig, ModelConfig); None after `--help`. The pipeline checks it with this too."""
     from trl import ModelConfig, SFTConfig
 
-    args = stage.parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv, "posttrain sft", SFT_DEFAULTS)
+    return stage.parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv, "posttrain sft", SFT_DEFAULTS)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     if args is None:
         return 0
     build("sft", *args).run()

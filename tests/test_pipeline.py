@@ -85,6 +85,27 @@ def test_a_training_source_that_cannot_be_loaded_stops_the_pipeline_before_any_s
         assert not (tmp_path / "stop").exists()
 
 
+def test_a_stage_recipe_error_stops_the_pipeline_before_any_stage(tmp_path, capsys):
+    """Each post-training stage's recipe is parsed as the stage will parse it before pretraining starts: a typo'd
+    key in SFT's overrides, or RLVR's num_generations out of range, is one line naming the stage, and nothing runs."""
+    from posttrain.cli import main
+
+    stages = {s: f"recipes/tiny/{s}.yaml" for s in ("pretrain", "midtrain", "sft", "dpo", "rlvr")}
+    for stage, overrides, message in (
+        ("sft", {"learning_rat": 1e-4}, "unknown recipe key 'learning_rat' (did you mean 'learning_rate'?)"),
+        ("rlvr", {"num_generations": 1}, "recipe key 'num_generations' must be >= 2, got 1"),
+    ):
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(yaml.safe_dump({"name": "stop", "runs_dir": str(tmp_path), "stages": stages,
+                                          "stage_overrides": {stage: overrides}}))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["pipeline", "--config", str(config)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code != 0 and len(err) == 1
+        assert err[0].startswith(f"error: stage {stage} (recipes/tiny/{stage}.yaml): ") and message in err[0]
+        assert not (tmp_path / "stop").exists()
+
+
 def test_a_pipeline_without_pretrain_starts_from_its_first_recipes_model(tmp_path):
     """Post-training only (stages from midtrain on): the first stage keeps its recipe's model_name_or_path, each
     later one gets the previous stage's output."""
