@@ -71,15 +71,19 @@ class PipelineArguments:
 
 
 def _stage_command(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
-    if stage == "pretrain":
-        cmd = [sys.executable, "-m", "pretrain.cli", "train", "--config", recipe]
-    else:  # the previous stage's output; a pipeline's first stage keeps its recipe's model_name_or_path
-        cmd = [sys.executable, "-m", "posttrain", stage, "--config", recipe]
-        cmd += ["--model_name_or_path", model] if model else []
-    cmd += ["--output_dir", str(output_dir)]
+    module = ["pretrain.cli", "train"] if stage == "pretrain" else ["posttrain", stage]
+    return [sys.executable, "-m", *module, *_stage_argv(stage, recipe, model, output_dir, overrides)]
+
+
+def _stage_argv(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
+    """A stage's arguments: its recipe, the model it starts from (the previous stage's output; a pipeline's first
+    stage keeps its recipe's model_name_or_path), its output dir and the pipeline's overrides."""
+    argv = ["--config", recipe]
+    argv += ["--model_name_or_path", model] if model and stage != "pretrain" else []
+    argv += ["--output_dir", str(output_dir)]
     for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    return cmd
+        argv += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return argv
 
 
 def _merge_command(spec: dict, outputs: dict[str, Path], output_dir: Path) -> list[str]:
@@ -136,7 +140,7 @@ def check_stage_recipes(args: PipelineArguments, run_dir: Path) -> None:
     for stage, recipe in args.stages.items():
         if stage in STAGE_ROWS:
             overrides = args.stage_overrides.get(stage, {})
-            argv = _stage_command(stage, recipe, None, run_dir / stage, overrides)[4:]  # after `python -m posttrain <stage>`
+            argv = _stage_argv(stage, recipe, None, run_dir / stage, overrides)
             try:
                 script = importlib.import_module(f"posttrain.{stage}").parse(argv)[0]
                 data.check_available(script.datasets, data.SOURCE_NAMES[STAGE_ROWS[stage]])
