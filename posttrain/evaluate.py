@@ -131,16 +131,21 @@ def _load_tokenizer(path: Path):
     return tokenizer, eos_id
 
 
-def _batches(lengths: list[int], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+def _batches(lengths: list[int], batch_size: int, max_new_tokens: int,
+             groups: Sequence[str] | None = None) -> list[list[int]]:
     """Prompt indices grouped into batches, longest prompts first (so a batch holds prompts of about one
     length, and the memory peak comes first). `batch_size` prompts of the mean length set a token budget
     (rows x (longest prompt + max_new_tokens)); batches of longer prompts hold fewer rows, so a few long
-    MATH-500 problems do not pad a hundred short arithmetic prompts to their length."""
+    MATH-500 problems do not pad a hundred short arithmetic prompts to their length. With `groups` (each
+    prompt's mode), a batch holds one group only: a batch decodes until its longest completion ends, and one
+    /think row that runs to the budget would otherwise hold up sixty finished /no_think rows."""
     budget = batch_size * (sum(lengths) / len(lengths) + max_new_tokens)
+    group = groups or [""] * len(lengths)
     batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in sorted(range(len(lengths)), key=lambda i: (group[i], -lengths[i])):
         rows = batches[-1] if batches else []
-        if rows and len(rows) < batch_size and (len(rows) + 1) * (lengths[rows[0]] + max_new_tokens) <= budget:
+        if (rows and len(rows) < batch_size and group[rows[0]] == group[i]
+                and (len(rows) + 1) * (lengths[rows[0]] + max_new_tokens) <= budget):
             rows.append(i)
         else:
             batches.append([i])
@@ -159,8 +164,10 @@ def _cpu_threads(n: int | None):
 
 
 def _generate_transformers(path: Path, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
-                           batch_size: int, eos_id: int, num_threads: int | None) -> list[list[int]]:
-    """Greedy batched generation; returns each prompt's new token ids (pads after an early stop included)."""
+                           batch_size: int, eos_id: int, num_threads: int | None,
+                           modes: Sequence[str] | None = None) -> list[list[int]]:
+    """Greedy batched generation, one mode per batch; returns each prompt's new token ids (pads after an early
+    stop included)."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -176,7 +183,7 @@ def _generate_transformers(path: Path, tokenizer, prompt_ids: list[list[int]], *
                               eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id)
     generated: list[list[int]] = [[] for _ in prompt_ids]
     with torch.inference_mode(), _cpu_threads(num_threads if device == "cpu" else None):
-        for rows in _batches([len(ids) for ids in prompt_ids], batch_size, max_new_tokens):
+        for rows in _batches([len(ids) for ids in prompt_ids], batch_size, max_new_tokens, modes):
             batch = tokenizer.pad({"input_ids": [prompt_ids[i] for i in rows]}, return_tensors="pt").to(device)
             out = model.generate(**batch, generation_config=config)
             for i, ids in zip(rows, out[:, batch["input_ids"].shape[1]:].tolist()):
@@ -300,7 +307,8 @@ def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, b
         generated = _generate_vllm(path, prompt_ids, max_new_tokens=max_new_tokens, eos_id=eos_id)
     else:
         generated = _generate_transformers(path, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size, eos_id=eos_id, num_threads=num_threads)
+                                           batch_size=batch_size, eos_id=eos_id, num_threads=num_threads,
+                                           modes=list(prompts["mode"]))
     wall_s = time.perf_counter() - start
     completions, num_tokens, truncated = zip(*(decode_completion(tokenizer, ids, eos_id) for ids in generated))
     result = score(completions, prompts.to_list(), num_tokens=num_tokens, truncated=truncated,

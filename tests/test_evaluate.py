@@ -102,6 +102,13 @@ def test_batches_sort_by_length_and_keep_long_prompts_apart():
     assert _batches([5, 5, 9, 5], batch_size=2, max_new_tokens=10) == [[2], [0, 1], [3]]  # 2 x 19 > budget 2 x 16
 
 
+def test_batches_hold_one_mode_each():
+    # A /no_think row finishes in ~10 tokens; batched with a /think row it would decode to the /think row's end.
+    modes = ["think", "no_think"] * 3
+    batches = _batches([10, 9] * 3, batch_size=4, max_new_tokens=100, groups=modes)
+    assert sorted(sorted(b) for b in batches) == [[0, 2, 4], [1, 3, 5]]
+
+
 def test_length_drift_ratio_per_mode_and_warning(tmp_path, caplog):
     result = {"modes": {"think": {"mean_tokens": 30.0}, "no_think": {"mean_tokens": 5.0}}}
     (tmp_path / "prev.json").write_text(json.dumps({"modes": {"think": {"mean_tokens": 15}, "no_think": {"mean_tokens": 5}}}))
