@@ -275,6 +275,8 @@ RANGES: dict[str, Range] = {
     "num_iterations": AT_LEAST_1,
     "epsilon": POSITIVE,
     "temperature": POSITIVE,
+    "EvalArguments.temperature": NON_NEGATIVE,  # 0 = greedy
+    "PairsArguments.temperature": NON_NEGATIVE,
     "top_p": Range(0, 1, low_open=True),
     "lora_r": AT_LEAST_1,
     "lora_alpha": POSITIVE,

@@ -14,6 +14,7 @@ from common.errors import run_cli
 COMMANDS = {
     "midtrain": ("posttrain.midtrain", "continued pretraining on distilled reasoning traces (packed)"),
     "sft": ("posttrain.sft", "supervised fine-tuning, assistant-only loss, /think + /no_think mixture"),
+    "pairs": ("posttrain.pairs", "DPO pairs from a checkpoint's own mode violations (loops, broken formats)"),
     "dpo": ("posttrain.dpo", "preference optimization (DPO / APO) at ~0.1x the SFT learning rate"),
     "rlvr": ("posttrain.rlvr", "GRPO with verifiable rewards and length penalties"),
     "serve": ("posttrain.serve", "vLLM rollout server for `rlvr` (vllm_mode: server)"),

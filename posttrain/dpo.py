@@ -98,7 +98,7 @@ def build(script: DPOScriptArguments, training, model_args) -> stage.StageRun:
     training.output_dir = str(out.partial)
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, args=training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=stage.peft_config(model_args, tokenizer, new_tokens),
+        peft_config=stage.peft_config(model_args, model, tokenizer, new_tokens),
     )
     return stage.StageRun("dpo", trainer, out, model_args, tokenizer, new_tokens, record)
 

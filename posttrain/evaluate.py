@@ -7,9 +7,9 @@ same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format
 "adherent" here mean what the RL reward paid for (adherent also asks that the completion ended before the token
 budget).
 
-Generation is greedy. On CPU (or a GPU without vLLM) it is batched transformers `generate`: prompts sorted by
+Generation is greedy unless `temperature` > 0. On CPU (or a GPU without vLLM) it is batched transformers `generate`: prompts sorted by
 length and batched under a token budget so a batch pads little, left padding, KV cache, `inference_mode`. With vLLM installed and CUDA present
-the same token ids go to `vllm.LLM` with the same greedy settings. Both backends hand back raw token ids and
+the same token ids go to `vllm.LLM` with the same settings. Both backends hand back raw token ids and
 one function decodes them: the output is cut at `<|im_end|>` and decoded WITHOUT `skip_special_tokens`, which
 would drop think tags where a tokenizer marks them special (the Llama-3 one does); pad tokens are removed
 by id instead.
@@ -44,16 +44,18 @@ EVAL_BATCH_TIMEOUT_S = 600.0  # the accuracy reward's deadline for all of an eva
 
 
 @dataclass
-class EvalArguments:
-    """`posttrain eval` recipe keys."""
+class GenerationArguments:
+    """Recipe keys of the commands that generate from a checkpoint: `posttrain eval` and `posttrain pairs`."""
 
-    model_name_or_path: str = field(metadata={"help": "Checkpoint directory to evaluate (transformers, safetensors)."})
-    datasets: list[dict] = field(
-        default_factory=lambda: [{"name": "arithmetic", "split": "test", "rows": 100}],
-        metadata={"help": "Prompt sources (posttrain.data: arithmetic, gsm8k, math500, prompts). Every question "
-                  "is asked in both modes, so N questions give 2N completions."},
+    model_name_or_path: str = field(metadata={"help": "Checkpoint directory to generate from (transformers, "
+                                              "safetensors)."})
+    seed: int = field(default=0, metadata={"help": "Seed for generated (arithmetic) questions and for sampling."})
+    temperature: float = field(
+        default=0.0,
+        metadata={"help": "0: greedy, the default (reproducible). SmolLM3's model card serves at 0.6 with top_p 0.95; "
+                  "a small model's greedy decoding can loop where sampling does not, so report both."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed for generated (arithmetic) questions."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling share, with temperature > 0."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per completion."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
     num_threads: int | None = field(
@@ -63,6 +65,21 @@ class EvalArguments:
     )
     backend: Literal["auto", "transformers", "vllm"] = field(
         default="auto", metadata={"help": "auto: vLLM when it is installed and CUDA is present, else transformers."}
+    )
+
+    def sampling(self) -> dict | None:
+        """`evaluate`'s sampling settings; None (greedy) at temperature 0."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed} if self.temperature else None
+
+
+@dataclass
+class EvalArguments(GenerationArguments):
+    """`posttrain eval` recipe keys."""
+
+    datasets: list[dict] = field(
+        default_factory=lambda: [{"name": "arithmetic", "split": "test", "rows": 100}],
+        metadata={"help": "Prompt sources (posttrain.data: arithmetic, gsm8k, math500, prompts). Every question "
+                  "is asked in both modes, so N questions give 2N completions."},
     )
     num_samples: int = field(default=8, metadata={"help": "Completions kept verbatim in the output (the first N)."})
     baseline: str | None = field(
@@ -110,7 +127,7 @@ def load_eval_prompts(sources, seed: int) -> tuple[Dataset, list[str]]:
 
 # --------------------------------------------------------------------------------------------- generation
 
-def _check_checkpoint(model_path: str | Path) -> Path:
+def check_checkpoint(model_path: str | Path) -> Path:
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a checkpoint directory (no config.json)")
@@ -165,10 +182,10 @@ def _cpu_threads(n: int | None):
 
 def _generate_transformers(path: Path, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
                            batch_size: int, eos_id: int, num_threads: int | None,
-                           modes: Sequence[str] | None = None) -> list[list[int]]:
-    """Greedy batched generation, one mode per batch; returns each prompt's new token ids (pads after an early
-    stop included)."""
-    from transformers import AutoModelForCausalLM, GenerationConfig
+                           modes: Sequence[str] | None = None, sampling: dict | None = None) -> list[list[int]]:
+    """Batched generation (greedy, or `sampling`: temperature, top_p, seed), one mode per batch; returns each
+    prompt's new token ids (pads after an early stop included)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -179,8 +196,12 @@ def _generate_transformers(path: Path, tokenizer, prompt_ids: list[list[int]], *
     except OSError as e:
         raise UserError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     model.to(device).eval()
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                              eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id)
+    decoding = {"do_sample": False}
+    if sampling:
+        decoding = {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"]}
+        set_seed(sampling["seed"])
+    config = GenerationConfig(max_new_tokens=max_new_tokens, use_cache=True, eos_token_id=eos_id,
+                              pad_token_id=tokenizer.pad_token_id, **decoding)
     generated: list[list[int]] = [[] for _ in prompt_ids]
     with torch.inference_mode(), _cpu_threads(num_threads if device == "cpu" else None):
         for rows in _batches([len(ids) for ids in prompt_ids], batch_size, max_new_tokens, modes):
@@ -191,12 +212,14 @@ def _generate_transformers(path: Path, tokenizer, prompt_ids: list[list[int]], *
     return generated
 
 
-def _generate_vllm(path: Path, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_id: int) -> list[list[int]]:
-    """The same prompts (as token ids) and greedy settings through vLLM; returns the new token ids."""
+def _generate_vllm(path: Path, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_id: int,
+                   sampling: dict | None = None) -> list[list[int]]:
+    """The same prompts (as token ids) and decoding settings through vLLM; returns the new token ids."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(path), trust_remote_code=False, load_format="safetensors", seed=0)
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=[eos_id])
+    params = SamplingParams(max_tokens=max_new_tokens, stop_token_ids=[eos_id],
+                            **(sampling or {"temperature": 0.0}))
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params)
     return [list(o.outputs[0].token_ids) for o in outputs]
 
@@ -288,11 +311,12 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
 
 
 def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, batch_size: int,
-             num_threads: int | None = 1, backend: str = "auto", num_samples: int = 8) -> dict:
-    """Generate greedily for every prompt row (posttrain.data's prompt format; pass `both_modes(...)` to ask
-    each question in both modes) and `score` the completions. Adds a "generation" entry: backend, wall
-    seconds (model loading included), new tokens per second."""
-    path = _check_checkpoint(model_path)
+             num_threads: int | None = 1, backend: str = "auto", num_samples: int = 8,
+             sampling: dict | None = None) -> dict:
+    """Generate for every prompt row (posttrain.data's prompt format; pass `both_modes(...)` to ask each question
+    in both modes), greedily or with `sampling` ({temperature, top_p, seed}), and `score` the completions. Adds a
+    "generation" entry: backend, decoding, wall seconds (model loading included), new tokens per second."""
+    path = check_checkpoint(model_path)
     if max_new_tokens < 1 or batch_size < 1 or (num_threads is not None and num_threads < 1):
         raise UserError(f"max_new_tokens, batch_size and num_threads must be >= 1, "
                         f"got {max_new_tokens}, {batch_size}, {num_threads}")
@@ -304,17 +328,18 @@ def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, b
     vllm = _use_vllm(backend)
     start = time.perf_counter()
     if vllm:
-        generated = _generate_vllm(path, prompt_ids, max_new_tokens=max_new_tokens, eos_id=eos_id)
+        generated = _generate_vllm(path, prompt_ids, max_new_tokens=max_new_tokens, eos_id=eos_id, sampling=sampling)
     else:
         generated = _generate_transformers(path, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size, eos_id=eos_id, num_threads=num_threads,
-                                           modes=list(prompts["mode"]))
+                                           modes=list(prompts["mode"]), sampling=sampling)
     wall_s = time.perf_counter() - start
     completions, num_tokens, truncated = zip(*(decode_completion(tokenizer, ids, eos_id) for ids in generated))
     result = score(completions, prompts.to_list(), num_tokens=num_tokens, truncated=truncated,
                    num_samples=num_samples)
     result["generation"] = {
-        "backend": "vllm" if vllm else "transformers", "max_new_tokens": max_new_tokens, "completions": len(prompts),
+        "backend": "vllm" if vllm else "transformers", "decoding": sampling or "greedy",
+        "max_new_tokens": max_new_tokens, "completions": len(prompts),
         "wall_s": round(wall_s, 2), "new_tokens_per_s": round(sum(num_tokens) / wall_s, 1),
     }
     logger.info("eval: %d completions, %d new tokens in %.1f s", len(prompts), sum(num_tokens), wall_s)
@@ -383,13 +408,14 @@ def main(argv):
     if help_requested(argv, [EvalArguments], "posttrain eval"):
         return 0
     (args,) = parse_recipe([EvalArguments], argv)
-    _check_checkpoint(args.model_name_or_path)
+    check_checkpoint(args.model_name_or_path)
     baseline = load_baseline(args.baseline) if args.baseline else None
     if args.length_drift_warn <= 1:
         raise UserError(f"recipe key 'length_drift_warn': must be > 1, got {args.length_drift_warn}")
     prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed)
     result = evaluate(args.model_name_or_path, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples)
+                      num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples,
+                      sampling=args.sampling())
     result["skipped_sources"] = skipped
     if baseline is not None:
         result["length_drift"] = length_drift(result, baseline, args.length_drift_warn)

@@ -152,7 +152,7 @@ def build(script: RLVRScriptArguments, training, model_args) -> stage.StageRun:
     training.output_dir = str(out.partial)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=stage.peft_config(model_args, tokenizer, new_tokens),
+        peft_config=stage.peft_config(model_args, model, tokenizer, new_tokens),
     )
     return stage.StageRun("rlvr", trainer, out, model_args, tokenizer, new_tokens, record)
 

@@ -56,7 +56,7 @@ def build(name: str, script: SFTScriptArguments, training, model_args) -> stage.
     training.output_dir = str(out.partial)
     trainer = SFTTrainer(
         model=model, args=training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=stage.peft_config(model_args, tokenizer, new_tokens),
+        peft_config=stage.peft_config(model_args, model, tokenizer, new_tokens),
     )
     kept = _documents(trainer.train_dataset)
     if kept < len(dataset):  # (wrapped packing may cut rows into more pieces, never fewer)

@@ -145,7 +145,7 @@ def load_tokenizer(model_args, tokenizer_name_or_path: str | None = None, defaul
     return tokenizer, new_tokens
 
 
-def peft_config(model_args, tokenizer, new_tokens: dict):
+def peft_config(model_args, model, tokenizer, new_tokens: dict):
     """TRL's LoraConfig from the recipe's `use_peft` / `lora_*` keys, or None.
 
     Tokens `load_tokenizer` added (e.g. `<think>` for SmolLM2) get trainable embedding rows through PEFT's
@@ -154,8 +154,16 @@ def peft_config(model_args, tokenizer, new_tokens: dict):
     from trl import get_peft_config
 
     config = get_peft_config(model_args)
-    if config is not None and new_tokens and config.trainable_token_indices is None:
-        config.trainable_token_indices = sorted(tokenizer.convert_tokens_to_ids(list(new_tokens)))
+    if config is None or not new_tokens or config.trainable_token_indices is not None:
+        return config
+    if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
+        # TRL 1.16's trainers score tokens through a fused LM head that reads `lm_head.weight` and `.bias` itself;
+        # with tied embeddings PEFT wraps the head too, and the first step fails (the wrapper has no `bias`).
+        raise UserError(f"{model_args.model_name_or_path}: recipe key 'use_peft': LoRA cannot train the rows of the "
+                        f"tokens this tokenizer lacks ({', '.join(new_tokens)}) in a model with tied embeddings "
+                        "under TRL's fused LM head; train fully (use_peft: false), or run LoRA from a checkpoint "
+                        "that has them (a full SFT's)")
+    config.trainable_token_indices = sorted(tokenizer.convert_tokens_to_ids(list(new_tokens)))
     return config
 
 

@@ -140,12 +140,28 @@ def test_evaluate_tiny_model_batched_matches_one_by_one(lively_model_dir):
     assert completions == [s["completion"] for s in single["samples"]] and len(set(completions)) > 1
 
 
+def test_sampling_is_seeded_and_recorded(lively_model_dir):
+    prompts = both_modes(Dataset.from_list([_row(f"What is {n}+{n}?", str(2 * n), "think", 1) for n in (3, 14, 27)]))
+
+    def completions(sampling):
+        result = evaluate(lively_model_dir, prompts, max_new_tokens=8, batch_size=4, num_samples=6, sampling=sampling)
+        assert result["generation"]["decoding"] == (sampling or "greedy")
+        return [s["completion"] for s in result["samples"]]
+
+    sampled = completions({"temperature": 2.0, "top_p": 0.95, "seed": 1})
+    assert sampled == completions({"temperature": 2.0, "top_p": 0.95, "seed": 1})  # same seed, same text
+    assert sampled != completions({"temperature": 2.0, "top_p": 0.95, "seed": 2})
+    assert sampled != completions(None)
+
+
 def test_cli_writes_json_and_markdown_with_drift(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "prev.json").write_text(json.dumps({"modes": {"think": {"mean_tokens": 2}, "no_think": {"mean_tokens": 4}}}))
     out_json, out_md = tmp_path / "out" / "eval.json", tmp_path / "out" / "eval.md"
     argv = ["--model_name_or_path", str(tiny_model_dir), "--datasets", "[{name: arithmetic, split: test, rows: 2}]",
             "--max_new_tokens", "4", "--output_json", str(out_json), "--output_md", str(out_md)]
 
+    with pytest.raises(UserError, match="recipe key 'temperature' must be"):
+        main(argv + ["--temperature", "-0.5"])
     with pytest.raises(UserError, match="missing.json: baseline eval JSON not found"):
         main(argv + ["--baseline", str(tmp_path / "missing.json")])
     assert not (tmp_path / "out").exists()  # nothing written before validation passes

@@ -316,6 +316,24 @@ def test_lora_trains_the_embedding_rows_of_added_hybrid_tokens(tmp_path, chatml_
     assert torch.equal(after[: min(new)], before[: min(new)])  # the rest of the vocabulary did not move
 
 
+def test_lora_that_would_train_new_rows_of_a_tied_head_is_refused(tmp_path, chatml_tokenizer_dir):
+    """TRL's fused LM head reads `lm_head.weight`/`.bias` itself: with tied embeddings (SmolLM2, SmolLM3) PEFT
+    wraps the head for the new rows and the first step would fail; the stage says so before training."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from common.errors import UserError
+
+    config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(chatml_tokenizer_dir)), hidden_size=16,
+                         intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    with pytest.raises(UserError, match=r"recipe key 'use_peft'.*tied embeddings"):
+        sft.main(_argv(tmp_path, "lora", model_name_or_path=str(tmp_path / "m"),
+                       tokenizer_name_or_path=str(chatml_tokenizer_dir), use_peft=True, lora_r=4,
+                       default_instructions={"think": "Think first."}))
+    assert not (tmp_path / "lora").exists() and not (tmp_path / "lora.partial").exists()
+
+
 def test_missing_hybrid_tokens_are_added_with_mean_of_pieces_embeddings(tmp_path, chatml_tokenizer_dir):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import ModelConfig
