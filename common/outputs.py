@@ -194,10 +194,15 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def write_json_atomic(path: Path, value) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` into `path` through a temporary file and a rename: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, default=str))
 
 
 def read_run_record(checkpoint: str | Path) -> dict | None:

@@ -7,12 +7,12 @@ same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format
 "adherent" here mean what the RL reward paid for (adherent also asks that the completion ended before the token
 budget).
 
-Generation is greedy unless `temperature` > 0. On CPU (or a GPU without vLLM) it is batched transformers `generate`: prompts sorted by
-length and batched under a token budget so a batch pads little, left padding, KV cache, `inference_mode`. With vLLM installed and CUDA present
-the same token ids go to `vllm.LLM` with the same settings. Both backends hand back raw token ids and
-one function decodes them: the output is cut at `<|im_end|>` and decoded WITHOUT `skip_special_tokens`, which
-would drop think tags where a tokenizer marks them special (the Llama-3 one does); pad tokens are removed
-by id instead.
+Generation is greedy unless `temperature` > 0. On CPU (or a GPU without vLLM) it is batched transformers
+`generate`: prompts sorted by length and batched under a token budget so a batch pads little, left padding, KV
+cache, `inference_mode`. With vLLM installed and CUDA present the same token ids go to `vllm.LLM` with the same
+settings. Both backends hand back raw token ids and one function decodes them: the output is cut at
+`<|im_end|>` and decoded WITHOUT `skip_special_tokens`, which would drop think tags where a tokenizer marks them
+special (the Llama-3 one does); pad tokens are removed by id instead.
 
 Reward-hacking monitor: `--baseline prev/eval.json` puts the ratio of mean completion tokens per mode (this
 checkpoint / the baseline) in the result; a ratio past `length_drift_warn` either way is logged as a warning.

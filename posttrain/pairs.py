@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import UserError
+from common.outputs import write_text_atomic
 from common.recipe import help_requested, parse_recipe
 from common.template import THINK_CLOSE, THINK_OPEN, mode_system_message
 from posttrain import evaluate
@@ -78,14 +78,6 @@ def violation_pairs(prompts: list[dict], references: list[dict], samples: list[d
     ]
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
-
-
 def main(argv):
     from datasets import Dataset
 
@@ -105,7 +97,9 @@ def main(argv):
                                num_threads=args.num_threads, backend=args.backend, num_samples=len(prompts),
                                sampling=args.sampling())
     pairs = violation_pairs(prompts, references, result["samples"])
-    write_jsonl_atomic(Path(args.output), pairs)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
     asked = {mode: stats["n"] for mode, stats in result["modes"].items()}
     broken = {mode: sum(p["mode"] == mode for p in pairs) for mode in asked}
     logger.info("pairs: %d of %d answers broke their mode (%s of %s per mode) in %.0f s; wrote %s", len(pairs),
