@@ -19,6 +19,7 @@ COMMANDS = {
     "rlvr": ("posttrain.rlvr", "GRPO with verifiable rewards and length penalties"),
     "serve": ("posttrain.serve", "vLLM rollout server for `rlvr` (vllm_mode: server)"),
     "eval": ("posttrain.evaluate", "accuracy, mode adherence and length per mode for a checkpoint"),
+    "ablate": ("posttrain.ablate", "one change at a time over seeds: arms vs a baseline, paired intervals, verdicts"),
     "merge": ("posttrain.merge", "linear merge (model soup) of checkpoints"),
     "pipeline": ("posttrain.pipeline", "the whole recipe: pretrain -> midtrain -> sft -> dpo -> rlvr, with evals"),
     "check-template": ("posttrain.template_checks", "validate a chat template / tokenizer for hybrid training"),

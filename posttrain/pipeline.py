@@ -70,12 +70,12 @@ class PipelineArguments:
     from_stage: str = field(default="", metadata={"help": "Redo this stage and all later ones (CLI: --from STAGE)."})
 
 
-def _stage_command(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
+def stage_command(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
     module = ["pretrain.cli", "train"] if stage == "pretrain" else ["posttrain", stage]
-    return [sys.executable, "-m", *module, *_stage_argv(stage, recipe, model, output_dir, overrides)]
+    return [sys.executable, "-m", *module, *stage_argv(stage, recipe, model, output_dir, overrides)]
 
 
-def _stage_argv(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
+def stage_argv(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
     """A stage's arguments: its recipe, the model it starts from (the previous stage's output; a pipeline's first
     stage keeps its recipe's model_name_or_path), its output dir and the pipeline's overrides."""
     argv = ["--config", recipe]
@@ -132,20 +132,26 @@ def _train(stage: str, cmd: list[str], out: Path) -> float:
 
 
 def check_stage_recipes(args: PipelineArguments, run_dir: Path) -> None:
-    """Every post-training stage's recipe, under its overrides, parses as its stage will parse it (keys, types,
-    ranges, TRL's own checks), and its `datasets` can be loaded: a typo in the DPO recipe, a missing file or an
-    unreachable Hub dataset stops the pipeline here, not after the stages before it have run for minutes."""
-    from posttrain import data
-
+    """Every post-training stage's recipe, under its overrides, parses and its data loads (`check_stage_recipe`):
+    a typo in the DPO recipe, a missing file or an unreachable Hub dataset stops the pipeline here, not after the
+    stages before it have run for minutes."""
     for stage, recipe in args.stages.items():
         if stage in STAGE_ROWS:
-            overrides = args.stage_overrides.get(stage, {})
-            argv = _stage_argv(stage, recipe, None, run_dir / stage, overrides)
-            try:
-                script = importlib.import_module(f"posttrain.{stage}").parse(argv)[0]
-                data.check_available(script.datasets, data.SOURCE_NAMES[STAGE_ROWS[stage]])
-            except UserError as e:
-                raise UserError(f"stage {stage} ({recipe}): {e}") from None
+            check_stage_recipe(stage, recipe, args.stage_overrides.get(stage, {}), run_dir / stage,
+                               where=f"stage {stage} ({recipe})")
+
+
+def check_stage_recipe(stage: str, recipe: str, overrides: dict, output_dir: Path, where: str) -> None:
+    """The stage's recipe under `overrides` parses as its stage will parse it (keys, types, ranges, TRL's own
+    checks) and its `datasets` can be loaded; errors are prefixed with `where`."""
+    from posttrain import data
+
+    argv = stage_argv(stage, recipe, None, output_dir, overrides)
+    try:
+        script = importlib.import_module(f"posttrain.{stage}").parse(argv)[0]
+        data.check_available(script.datasets, data.SOURCE_NAMES[STAGE_ROWS[stage]])
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def run(args: PipelineArguments) -> dict:
@@ -226,7 +232,7 @@ def _run_stage(args: PipelineArguments, stage: str, out: Path, outputs: dict, pr
     if stage == "merge":
         cmd = _merge_command(args.merge, outputs, out)
     else:
-        cmd = _stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
+        cmd = stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
     return _train(stage, cmd, out)
 
 

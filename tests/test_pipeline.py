@@ -109,9 +109,9 @@ def test_a_stage_recipe_error_stops_the_pipeline_before_any_stage(tmp_path, caps
 def test_a_pipeline_without_pretrain_starts_from_its_first_recipes_model(tmp_path):
     """Post-training only (stages from midtrain on): the first stage keeps its recipe's model_name_or_path, each
     later one gets the previous stage's output."""
-    from posttrain.pipeline import _stage_command
+    from posttrain.pipeline import stage_command
 
-    first = _stage_command("midtrain", "recipes/tiny/midtrain.yaml", None, tmp_path / "midtrain", {"max_steps": 2})
+    first = stage_command("midtrain", "recipes/tiny/midtrain.yaml", None, tmp_path / "midtrain", {"max_steps": 2})
     assert "--model_name_or_path" not in first and first[-2:] == ["--max_steps", "2"]
-    later = _stage_command("sft", "recipes/tiny/sft.yaml", str(tmp_path / "midtrain"), tmp_path / "sft", {})
+    later = stage_command("sft", "recipes/tiny/sft.yaml", str(tmp_path / "midtrain"), tmp_path / "sft", {})
     assert later[later.index("--model_name_or_path") + 1] == str(tmp_path / "midtrain")
