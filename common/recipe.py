@@ -284,6 +284,8 @@ RANGES: dict[str, Range] = {
     "max_new_tokens": AT_LEAST_1,
     "batch_size": AT_LEAST_1,
     "num_samples": NON_NEGATIVE,
+    "leak_tokens": AT_LEAST_1,
+    "parallel": AT_LEAST_1,
     "eval_max_new_tokens": AT_LEAST_1,
     "eval_batch_size": AT_LEAST_1,
     "tensor_parallel_size": AT_LEAST_1,

@@ -16,7 +16,8 @@ the others have finished. `parallel: N` runs N at a time, each with cores/N thre
 Results: `ablation.json` (per arm and seed: metrics, wall times, the exact recipe the stage recorded) and
 `ablation.md`: per metric the baseline's mean, its spread over seeds and the evaluation's own sampling error, and
 per arm the paired difference from the baseline (same seeds) with a 95% t interval over seeds and a verdict:
-"better"/"worse" when the interval excludes 0, else "within noise" (tokens: "longer"/"shorter").
+"better"/"worse" when the interval excludes 0 (for leak, empty-think and continuation shares lower is better),
+else "within noise" (tokens: "longer"/"shorter").
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from common.outputs import RUN_RECORD, write_json_atomic, write_text_atomic
 from common.recipe import help_requested, parse_recipe
 from posttrain.pipeline import STAGE_ROWS, check_stage_recipe, stage_command
 
+LOWER_IS_BETTER = ("leak", "empty_think", "continuation")  # shares of broken completions
 UNTRAINED = "untrained"  # the arm that evaluates the starting checkpoint as it is
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1..20); the normal 1.96 beyond 30, 2.04 between.
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -69,12 +71,14 @@ class AblationArguments:
 
 
 def metrics(result: dict) -> dict[str, tuple[float, int]]:
-    """An eval result flattened to {name: (value, n)}: accuracy, adherence and mean tokens per mode, accuracy per
-    level, and the same per source when there are several. Metrics without a value (no scorable row) are left out."""
+    """An eval result flattened to {name: (value, n)}: accuracy, adherence, mean tokens and the mode-fidelity
+    shares (leak, empty_think, continuation) per mode, accuracy per level, and the same per source when there
+    are several. Metrics without a value (no scorable row) are left out."""
     found = {}
 
     def add(prefix: str, m: dict) -> None:
-        for key, name in (("accuracy", "accuracy"), ("mode_adherence", "adherence"), ("mean_tokens", "tokens")):
+        for key, name in (("accuracy", "accuracy"), ("mode_adherence", "adherence"), ("mean_tokens", "tokens"),
+                          ("leak", "leak"), ("empty_think", "empty_think"), ("continuation", "continuation")):
             if m.get(key) is not None:
                 found[f"{prefix}/{name}"] = (m[key], m["n"])
 
@@ -106,7 +110,8 @@ def paired(arm: dict[int, float], baseline: dict[int, float], metric: str) -> di
         return {"diff": mean, "ci": None, "seeds": 1, "verdict": "one seed: no verdict"}
     t = T95[len(diffs) - 2] if len(diffs) <= 21 else (2.04 if len(diffs) <= 31 else 1.96)
     half = t * sd / math.sqrt(len(diffs))
-    up, down = ("longer", "shorter") if metric.endswith("/tokens") else ("better", "worse")
+    up, down = {"tokens": ("longer", "shorter"), **dict.fromkeys(LOWER_IS_BETTER, ("worse", "better"))}.get(
+        metric.rpartition("/")[2], ("better", "worse"))
     verdict = up if mean - half > 0 else down if mean + half < 0 else "within noise"
     return {"diff": mean, "ci": [mean - half, mean + half], "seeds": len(diffs), "verdict": verdict}
 
@@ -208,8 +213,6 @@ def check(args: AblationArguments, config: str, run_dir: Path) -> None:
                         f"'{UNTRAINED}', the first the baseline")
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise UserError(f"{config}: recipe key 'seeds': a non-empty list of distinct integers, got {args.seeds}")
-    if args.parallel < 1:
-        raise UserError(f"{config}: recipe key 'parallel': must be >= 1, got {args.parallel}")
     for arm, changes in args.arms.items():
         if changes == UNTRAINED:
             continue

@@ -38,6 +38,7 @@ from common.errors import UserError
 from common.recipe import help_requested, parse_recipe
 from common.template import EOS_TOKEN, MODES, attach_template, mode_system_message
 from common.tokenizers import load_pretrained_tokenizer
+from posttrain import fidelity
 
 logger = logging.getLogger("posttrain")
 EVAL_BATCH_TIMEOUT_S = 600.0  # the accuracy reward's deadline for all of an evaluation's rows, scored in one call
@@ -84,6 +85,10 @@ class EvalArguments(GenerationArguments):
     num_samples: int = field(default=8, metadata={"help": "Completions kept verbatim in the output (the first N)."})
     baseline: str | None = field(
         default=None, metadata={"help": "A previous stage's eval JSON: report the mean-length ratio per mode."}
+    )
+    leak_tokens: int = field(
+        default=fidelity.LEAK_TOKENS,
+        metadata={"help": "A /no_think completion longer than this many tokens counts as a leak (it reasons)."},
     )
     length_drift_warn: float = field(
         default=1.5, metadata={"help": "Warn when a mode's mean length grew or shrank by more than this factor."}
@@ -251,15 +256,18 @@ def _share(values) -> float | None:
 
 
 def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Sequence[int],
-          truncated: Sequence[bool], num_samples: int = 8) -> dict:
+          truncated: Sequence[bool], num_samples: int = 8, leak_tokens: int = fidelity.LEAK_TOKENS) -> dict:
     """Metrics for `completions[i]` answering prompt row `rows[i]` (columns `answer`, `mode`, `level`,
     `source`, `prompt`), scored by the RLVR rewards. Pure: no model involved.
 
-    Returns {"modes": {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored, by_level}},
-    "by_source": {source: {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored}}},
+    Returns {"modes": {mode: {accuracy, mode_adherence, mean_tokens, truncated, n, unscored, leak, empty_think,
+    continuation, by_level}}, "by_source": {source: {mode: {the same but by_level}}},
     "samples": [...]}. `accuracy` is over rows whose gold answer parses (`unscored` counts the others; None
     when none does); `mode_adherence` is the share the format reward passes among completions that ended
     before the token budget; `truncated` is the share that hit the budget; `by_level` holds levels >= 1 (level 0 means "no level": GSM8K, MATH-500).
+    Mode fidelity (posttrain.fidelity): `leak` is the share of /no_think completions that reason (None under
+    /think), `empty_think` the share of /think ones with no reasoning (None under /no_think), `continuation` the
+    share that repeat or continue the question.
     """
     from rewards import get_reward
 
@@ -275,6 +283,11 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     adherent = [None if ok is None else ok * (not cut)
                 for ok, cut in zip(get_reward("format")(list(completions), **columns), truncated)]
 
+    leak = [fidelity.leaks(c, n, leak_tokens) if r["mode"] == "no_think" else None
+            for c, n, r in zip(completions, num_tokens, rows)]
+    empty = [fidelity.empty_think(c) if r["mode"] == "think" else None for c, r in zip(completions, rows)]
+    continued = [fidelity.continues_question(c, r["prompt"][-1]["content"]) for c, r in zip(completions, rows)]
+
     def summary(index: list[int]) -> dict:
         return {
             "accuracy": _share(accuracy[i] for i in index),
@@ -283,6 +296,9 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
             "truncated": sum(truncated[i] for i in index) / len(index),
             "n": len(index),
             "unscored": sum(accuracy[i] is None for i in index),
+            "leak": _share(leak[i] for i in index),
+            "empty_think": _share(empty[i] for i in index),
+            "continuation": _share(continued[i] for i in index),
         }
 
     by_mode, by_level, by_source = defaultdict(list), defaultdict(list), defaultdict(list)
@@ -304,7 +320,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     samples = [
         {"source": row["source"], "level": row["level"], "mode": row["mode"], "question": row["prompt"][-1]["content"],
          "answer": row["answer"], "completion": completions[i], "accuracy": accuracy[i], "adherent": adherent[i],
-         "num_tokens": num_tokens[i]}
+         "num_tokens": num_tokens[i], "leak": leak[i], "empty_think": empty[i], "continuation": continued[i]}
         for i, row in enumerate(rows[:num_samples])
     ]
     return {"modes": modes, "by_source": sources, "samples": samples}
@@ -312,7 +328,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
 
 def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, batch_size: int,
              num_threads: int | None = 1, backend: str = "auto", num_samples: int = 8,
-             sampling: dict | None = None) -> dict:
+             sampling: dict | None = None, leak_tokens: int = fidelity.LEAK_TOKENS) -> dict:
     """Generate for every prompt row (posttrain.data's prompt format; pass `both_modes(...)` to ask each question
     in both modes), greedily or with `sampling` ({temperature, top_p, seed}), and `score` the completions. Adds a
     "generation" entry: backend, decoding, wall seconds (model loading included), new tokens per second."""
@@ -336,7 +352,7 @@ def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, b
     wall_s = time.perf_counter() - start
     completions, num_tokens, truncated = zip(*(decode_completion(tokenizer, ids, eos_id) for ids in generated))
     result = score(completions, prompts.to_list(), num_tokens=num_tokens, truncated=truncated,
-                   num_samples=num_samples)
+                   num_samples=num_samples, leak_tokens=leak_tokens)
     result["generation"] = {
         "backend": "vllm" if vllm else "transformers", "decoding": sampling or "greedy",
         "max_new_tokens": max_new_tokens, "completions": len(prompts),
@@ -381,12 +397,14 @@ def _pct(value) -> str:
 def to_markdown(result: dict) -> str:
     """The result as markdown: one row per mode, then accuracy per level and per source, /think vs /no_think."""
     drift = result.get("length_drift", {})
-    lines = ["| mode | n | accuracy | mode adherence | mean tokens | truncated | length drift |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| mode | n | accuracy | mode adherence | mean tokens | truncated | leak | empty think | continuation "
+             "| length drift |", "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in result["modes"].items():
         ratio = drift.get(mode)
         lines.append(f"| /{mode} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['mode_adherence'])} | "
-                     f"{m['mean_tokens']:.1f} | {_pct(m['truncated'])} | {'-' if ratio is None else f'x{ratio:.2f}'} |")
+                     f"{m['mean_tokens']:.1f} | {_pct(m['truncated'])} | {_pct(m.get('leak'))} | "
+                     f"{_pct(m.get('empty_think'))} | {_pct(m.get('continuation'))} | "
+                     f"{'-' if ratio is None else f'x{ratio:.2f}'} |")
     modes = list(result["modes"])
     header = " | ".join(f"/{m} accuracy (n)" for m in modes)
     levels = sorted({level for m in result["modes"].values() for level in m["by_level"]}, key=int)
@@ -415,7 +433,7 @@ def main(argv):
     prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed)
     result = evaluate(args.model_name_or_path, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples,
-                      sampling=args.sampling())
+                      sampling=args.sampling(), leak_tokens=args.leak_tokens)
     result["skipped_sources"] = skipped
     if baseline is not None:
         result["length_drift"] = length_drift(result, baseline, args.length_drift_warn)

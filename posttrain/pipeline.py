@@ -273,7 +273,8 @@ def _stage_entry(args: PipelineArguments, stage: str, out: Path, wall_s: float) 
     entry = {"wall_s": wall_s, "final_loss": _final_loss(out), "eval_wall_s": result.get("eval_wall_s")}
     headline = result.get("by_source", {}).get(args.eval_headline_source, {})
     entry["modes"] = {  # by_level: only the task's prompts have levels
-        mode: {**{k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n")},
+        mode: {**{k: m.get(k) for k in ("accuracy", "mode_adherence", "mean_tokens", "n", "leak", "empty_think",
+                                        "continuation")},
                "by_level": result["modes"][mode].get("by_level")}
         for mode, m in headline.items()
     }

@@ -44,6 +44,12 @@ def _markdown(summary: dict) -> str:
                 n = (e["modes"].get("no_think", {}).get("by_level") or {}).get(lvl, {})
                 cells.append(f"{_fmt(t.get('accuracy'), True)} / {_fmt(n.get('accuracy'), True)}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Mode fidelity (shares of completions; lower is better)", "",
+              "| stage | /no_think leak | /think empty think | continuation /think / /no_think |", "|---|---|---|---|"]
+    for name, e in stages.items():
+        t, n = e["modes"].get("think", {}), e["modes"].get("no_think", {})
+        lines.append(f"| {name} | {_fmt(n.get('leak'), True)} | {_fmt(t.get('empty_think'), True)} | "
+                     f"{_fmt(t.get('continuation'), True)} / {_fmt(n.get('continuation'), True)} |")
     sources = sorted({s for e in stages.values() for s in e.get("by_source", {})})
     if sources:
         lines += ["", "## Per source: accuracy /think / /no_think (mode adherence /think / /no_think)", "",

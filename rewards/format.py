@@ -95,12 +95,16 @@ def think_format_ok(text: str) -> bool:
     return bool(reasoning.strip()) and bool(answer.strip())
 
 
+def reasoning_preamble(text: str) -> bool:
+    """The text opens with one of the `_PREAMBLE` phrases (after whitespace)."""
+    return _PREAMBLE.match(text.strip()) is not None
+
+
 def no_think_format_ok(text: str) -> bool:
     """No think tag anywhere, a non-empty answer, and no reasoning preamble at its start."""
     if THINK_OPEN in text or THINK_CLOSE in text:
         return False
-    body = text.strip()
-    return bool(body) and _PREAMBLE.match(body) is None
+    return bool(text.strip()) and not reasoning_preamble(text)
 
 
 class ModeFormat:

@@ -30,6 +30,8 @@ def test_paired_difference_interval_and_verdicts():
     assert noisy["diff"] == pytest.approx(0.1166, abs=1e-3) and noisy["verdict"] == "within noise"
     assert ablate.paired({0: 0.40, 1: 0.49, 2: 0.46}, base, "think/accuracy")["verdict"] == "worse"
     assert ablate.paired({0: 90.0, 1: 91.0, 2: 92.0}, {0: 50.0, 1: 50.0, 2: 51.0}, "think/tokens")["verdict"] == "longer"
+    # a broken-completion share that grows is worse
+    assert ablate.paired({0: 0.60, 1: 0.71, 2: 0.64}, base, "no_think/leak")["verdict"] == "worse"
     one = ablate.paired({0: 0.9}, base, "think/accuracy")
     assert one["verdict"] == "one seed: no verdict" and one["ci"] is None
     assert ablate.paired({5: 0.9}, base, "think/accuracy")["verdict"] == "no shared seed"

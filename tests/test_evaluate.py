@@ -70,7 +70,7 @@ def test_score_hand_written_completions():
     assert result["samples"][1] == {**result["samples"][1], "question": "What is 20+30?", "accuracy": 0.0, "adherent": 1.0}
 
     markdown = to_markdown(result)
-    assert "| /think | 4 | 50.0% | 50.0% | 25.0 | 25.0% | - |" in markdown
+    assert "| /think | 4 | 50.0% | 50.0% | 25.0 | 25.0% | - | 25.0% | 0.0% | - |" in markdown
     assert "| 2 | 0.0% (2) | 50.0% (2) |" in markdown
 
 

@@ -56,6 +56,10 @@ def test_tiny_pipeline_small_budget_runs_resumes_and_reports(tmp_path, fixtures)
     assert sft_modes["no_think"]["mode_adherence"] >= 0.8
     assert sft_modes["no_think"]["mean_tokens"] < sft_modes["think"]["mean_tokens"]
     assert (run / "report.md").is_file() and (run / "loss.png").is_file() and (run / "eval.png").is_file()
+    # mode fidelity per stage: leak under /no_think, empty think under /think, question continuation in both
+    assert sft_modes["no_think"]["leak"] is not None and sft_modes["think"]["empty_think"] is not None
+    assert sft_modes["think"]["leak"] is None and sft_modes["think"]["continuation"] is not None
+    assert "## Mode fidelity" in (run / "report.md").read_text()
 
     # re-run: every finished stage is skipped; --from redoes one stage and those after it
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
