@@ -2,7 +2,7 @@
 conversational formats, with every user row validated before a trainer starts.
 
 A recipe's `datasets` is a list of sources, each a mapping:
-  name    arithmetic | gsm8k | gsm8k_pairs | math500 | messages | preferences | prompts
+  name    arithmetic | gsm8k | gsm8k_pairs | math500 | messages | preferences | prompts | reasoning_gym
   path    where the rows are, named as their users name them: a Hub dataset id (`openai/gsm8k`), a local
           jsonl / parquet / csv file, or a local dataset folder (a clone of the Hub repository, or what
           `save_to_disk` wrote). Relative paths start at the current directory. gsm8k defaults to
@@ -14,6 +14,7 @@ A recipe's `datasets` is a list of sources, each a mapping:
   weight  the source's share of the mixture (give it on every source or none)
   levels  arithmetic levels, default [1, 2, 3]
   seed    default: the loader's seed
+  task, options, level   reasoning_gym: the generator, its settings (difficulty) and the level to report under
 
 Modes. A row is /think or /no_think, decided by `row_mode` alone from every field the template reads: a
 `mode` column, `chat_template_kwargs.enable_thinking`, and a /think or /no_think flag in the first (system)
@@ -75,7 +76,7 @@ NEEDS_PATH = ("gsm8k_pairs", "messages", "preferences", "prompts")  # names with
 SOURCE_NAMES = {  # the source names each loader reads: load_conversations, load_preferences, load_prompts
     "conversations": ("arithmetic", "gsm8k", "messages"),
     "preferences": ("arithmetic", "gsm8k_pairs", "preferences"),
-    "prompts": ("arithmetic", "gsm8k", "math500", "prompts"),
+    "prompts": ("arithmetic", "gsm8k", "math500", "reasoning_gym", "prompts"),
 }
 JSONL_SUFFIXES = (".jsonl", ".json")
 # Other local files go through `datasets`' builder for their format.
@@ -100,9 +101,10 @@ CONVERSATION = Features({"messages": List(TURN), "mode": Value("string"), **WHER
 PREFERENCE = Features(
     {"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string"), **WHERE}
 )
+# `gym`: for reasoning-gym rows, the JSON of how to rebuild the entry its own scorer reads (rewards.gym); else "".
 PROMPT = Features(
     {"prompt": List(MESSAGE), "answer": Value("string"), "mode": Value("string"), "level": Value("int64"),
-     "source": Value("string"), **WHERE}
+     "source": Value("string"), "gym": Value("string"), **WHERE}
 )
 
 
@@ -124,6 +126,9 @@ class DatasetSource:
     weight: float | None = None
     levels: tuple[int, ...] = (1, 2, 3)
     seed: int | None = None
+    task: str | None = None  # reasoning_gym: the generator's name (basic_arithmetic, chain_sum, countdown, ...)
+    options: dict | None = None  # reasoning_gym: the generator's settings (its difficulty), e.g. {max_digits: 3}
+    level: int = 0  # reasoning_gym: the difficulty level these rows are reported under (0: none)
 
     @property
     def kind(self) -> str:
@@ -145,7 +150,7 @@ class DatasetSource:
         """How messages name the source: its path (with config and split where a dataset has them) or name."""
         if self.kind in ("hub", "folder"):
             return f"{self.path} ({'/'.join(x for x in (self.config, self.split) if x)})"
-        return self.path or self.name
+        return self.path or (f"{self.name}/{self.task}" if self.task else self.name)
 
 
 def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource]:
@@ -181,6 +186,20 @@ def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource
         check("levels", lambda v: isinstance(v, list) and v and all(is_int(x) and 1 <= x <= task.MAX_LEVEL for x in v),
               f"a list of levels (1..{task.MAX_LEVEL})")
         check("seed", is_int, "an integer")
+        check("task", is_text, "a reasoning-gym task name")
+        check("options", lambda v: isinstance(v, dict), "a mapping of the task's settings")
+        check("level", lambda v: is_int(v) and v >= 0, "a non-negative integer")
+        if name == "reasoning_gym":
+            for key in ("path", "config", "split", "levels"):
+                if key in spec:
+                    raise DataError(f"{at}.{key}: reasoning-gym problems are generated; it takes no {key}")
+            for key in ("task", "rows"):
+                if key not in spec:
+                    raise DataError(f"{at}.{key}: reasoning_gym needs {key}")
+        else:
+            for key in ("task", "options", "level"):
+                if key in spec:
+                    raise DataError(f"{at}.{key}: applies to reasoning_gym only, not {name}")
         if name == "arithmetic":
             for key in ("path", "config"):
                 if key in spec:
@@ -191,7 +210,7 @@ def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource
             raise DataError(f"{at}.levels: applies to arithmetic only, not {name}")
         if "path" not in spec and name in NEEDS_PATH:
             raise DataError(f"{at}.path: {name} needs a path (a jsonl file, a dataset folder or a Hub dataset id)")
-        hub_id, config, split = HUB_DEFAULTS.get(name, (None, None, "train"))
+        hub_id, config, split = HUB_DEFAULTS.get(name, (None, None, None if name == "reasoning_gym" else "train"))
         source = DatasetSource(**{"path": hub_id, **spec, "levels": tuple(spec.get("levels", DatasetSource.levels))})
         if source.kind in ("jsonl", "file"):
             for key in ("split", "config"):
@@ -730,11 +749,12 @@ def _user_pairs(source: DatasetSource) -> Iterator[dict]:
 
 
 def _prompt_row(where: str, prompt: str | list[dict], answer: str, level: int, source: str,
-                mode: str | None = None) -> dict:
+                mode: str | None = None, gym: str = "") -> dict:
     """A prompt row before its mode is known; a string prompt is one user turn."""
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    return {"prompt": prompt, "answer": answer, "mode": mode, "level": level, "source": source, "where": where}
+    return {"prompt": prompt, "answer": answer, "mode": mode, "level": level, "source": source, "gym": gym,
+            "where": where}
 
 
 def _arithmetic_prompts(source: DatasetSource, seed: int) -> Iterator[dict]:
@@ -750,6 +770,23 @@ def _gsm8k_prompts(source: DatasetSource) -> Iterator[dict]:
 def _math500_prompts(source: DatasetSource) -> Iterator[dict]:
     for where, row in read_rows(source):
         yield _prompt_row(where, _string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
+
+
+def _gym_prompts(source: DatasetSource, seed: int) -> Iterator[dict]:
+    """reasoning-gym problems, generated offline from the task, its options and the seed; each row carries what
+    its own scorer needs (`rewards.gym`)."""
+    from rewards import gym
+
+    spec = {"task": source.task, "options": source.options or {}, "seed": _source_seed(source, seed),
+            "size": source.rows}
+    try:
+        dataset = gym.dataset(json.dumps(spec, sort_keys=True))
+    except gym.GymError as e:
+        raise DataError(f"{source.label}: {e}") from None
+    for i, entry in enumerate(dataset):
+        where = f"reasoning_gym {source.task} (seed {spec['seed']}): problem {i + 1}"
+        yield _prompt_row(where, entry["question"], str(entry["answer"]), source.level, f"reasoning_gym/{source.task}",
+                          gym=json.dumps({**spec, "index": i}, sort_keys=True))
 
 
 def _user_prompts(source: DatasetSource) -> Iterator[dict]:
@@ -815,12 +852,14 @@ def load_preferences(sources, *, no_think_fraction: float, seed: int,
 def load_prompts(sources, *, no_think_fraction: float, seed: int) -> Dataset:
     """RLVR and evaluation prompts: `prompt` (a system message that is exactly "/think" or "/no_think",
     then the question), `answer` (gold, str), `mode`, `level` (arithmetic level, 0 otherwise), `source`.
-    Sources: arithmetic, gsm8k, math500 (`problem`, `answer`), prompts (user jsonl)."""
+    `gym` (see PROMPT). Sources: arithmetic, gsm8k, math500 (`problem`, `answer`), reasoning_gym (generated by
+    the `reasoning-gym` package), prompts (user jsonl)."""
     _check_fraction(no_think_fraction)
     adapters = {
         "arithmetic": functools.partial(_arithmetic_prompts, seed=seed),
         "gsm8k": _gsm8k_prompts,
         "math500": _math500_prompts,
+        "reasoning_gym": functools.partial(_gym_prompts, seed=seed),
         "prompts": _user_prompts,
     }
     ds = _with_modes(_combine(sources, adapters, PROMPT, seed), no_think_fraction, seed)

@@ -3,7 +3,8 @@ source), mode adherence, completion length -- and how its lengths drifted since 
 
 Every question is asked in BOTH modes (`both_modes`), so /think and /no_think accuracy compare on the same
 questions, level by level: the gap between them is what the hybrid recipe is for. Scoring goes through the
-same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format"`), so "accurate" and
+same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format"`; reasoning-gym rows:
+`"gym_accuracy"`, their task's own scorer, full score only), so "accurate" and
 "adherent" here mean what the RL reward paid for (adherent also asks that the completion ended before the token
 budget).
 
@@ -79,7 +80,7 @@ class EvalArguments(GenerationArguments):
 
     datasets: list[dict] = field(
         default_factory=lambda: [{"name": "arithmetic", "split": "test", "rows": 100}],
-        metadata={"help": "Prompt sources (posttrain.data: arithmetic, gsm8k, math500, prompts). Every question "
+        metadata={"help": "Prompt sources (posttrain.data: arithmetic, gsm8k, math500, reasoning_gym, prompts). Every question "
                   "is asked in both modes, so N questions give 2N completions."},
     )
     num_samples: int = field(default=8, metadata={"help": "Completions kept verbatim in the output (the first N)."})
@@ -278,6 +279,10 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     # One call scores every row: its deadline must fit all of them (the training default, `timeout`, would zero
     # the rows not done by then); a hostile row is still cut at `timeout`.
     accuracy = get_reward("accuracy", batch_timeout=EVAL_BATCH_TIMEOUT_S)(list(completions), **columns)
+    gym = [row.get("gym") or "" for row in rows]
+    if any(gym):  # reasoning-gym rows: their task's own scorer; right means its full score (not partial credit)
+        scored = get_reward("gym_accuracy", batch_timeout=EVAL_BATCH_TIMEOUT_S)(list(completions), gym=gym)
+        accuracy = [float(g >= 1.0) if spec else a for a, g, spec in zip(accuracy, scored, gym)]
     # A completion cut off by the token budget never finished its answer: not adherent, whatever its shape so
     # far (else a base model rambling for max_new_tokens without a think tag would "adhere" to /no_think).
     adherent = [None if ok is None else ok * (not cut)

@@ -21,12 +21,14 @@ import inspect
 
 from rewards.accuracy import Accuracy
 from rewards.format import ModeFormat
+from rewards.gym import GymAccuracy
 from rewards.length import CosineAccuracy, LengthBudget, SoftOverlong
 from rewards.open_r1 import ReasoningSteps, RepetitionPenalty, TagCount
 
 # Name -> factory: `REWARDS[name](**params)` builds the reward (`get_reward` also checks the params).
 REWARDS: dict[str, type] = {
     "accuracy": Accuracy,
+    "gym_accuracy": GymAccuracy,  # reasoning-gym rows, scored by their task (rewards/gym.py)
     "format": ModeFormat,
     "mode_format": ModeFormat,
     "soft_overlong": SoftOverlong,

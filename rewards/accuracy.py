@@ -70,7 +70,7 @@ def answer_part(text: str) -> str:
     return text[:start] if start >= 0 else text
 
 
-def _boxed_content(text: str) -> str | None:
+def boxed_content(text: str) -> str | None:
     """Content of the last balanced `\\boxed{...}` anywhere in `text` (trying the last few), None if there is
     none, "" if that box holds more than MAX_ANSWER_CHARS. Linear and bounded: `rfind` from the end, then a brace
     scan of at most MAX_ANSWER_CHARS + 1 characters per box, so a megabyte of hostile braces costs nothing."""
@@ -103,7 +103,7 @@ def extract_answer(text: str) -> str | None:
     scores 0 without reaching math-verify.
     """
     answer = answer_part(text)
-    content = _boxed_content(answer)
+    content = boxed_content(answer)
     if content == "":
         return None
     candidate = f"\\boxed{{{content}}}" if content is not None else answer[-ANSWER_TAIL_CHARS:]
@@ -159,16 +159,15 @@ def _cut(signum, frame):
     raise _Cut
 
 
-def _bounded(timer: int, signum: int, seconds: float, gold: str, candidate: str | None, cut_value):
-    """`verify_one` with math-verify's alarms off, cut after `seconds` of `timer` (`cut_value` then). For pool
-    workers: a signal handler needs the main thread. math-verify's alarms must stay off: each one resets the
-    process's single alarm timer, which would cancel ITIMER_REAL, and one cut short by this exception could fire
-    later, outside it."""
+def bounded(timer: int, signum: int, seconds: float, cut_value, fn, *args):
+    """`fn(*args)` cut after `seconds` of `timer` (`cut_value` then). For pool workers: a signal handler needs the
+    main thread. Here math-verify runs with its own alarms off (timeout None): each one resets the process's single
+    alarm timer, which would cancel ITIMER_REAL, and one cut short by this exception could fire later, outside it."""
     signal.signal(signum, _cut)
     try:
         try:
             signal.setitimer(timer, seconds)
-            return verify_one(gold, candidate, None)
+            return fn(*args)
         finally:
             signal.setitimer(timer, 0)
     except _Cut:  # also when it fires just as the call returns: the item merely counts as cut
@@ -178,7 +177,7 @@ def _bounded(timer: int, signum: int, seconds: float, gold: str, candidate: str 
 def verify_fast(gold: str, candidate: str | None) -> float | str | None:
     """First pass: `verify_one` within FAST_CPU_S of CPU time, else OVER_BUDGET. A CPU timer, not a wall-clock
     one, so a loaded machine does not push normal items over."""
-    return _bounded(signal.ITIMER_PROF, signal.SIGPROF, FAST_CPU_S, gold, candidate, OVER_BUDGET)
+    return bounded(signal.ITIMER_PROF, signal.SIGPROF, FAST_CPU_S, OVER_BUDGET, verify_one, gold, candidate, None)
 
 
 def verify_until(gold: str, candidate: str | None, timeout: int, deadline: float) -> float | str | None:
@@ -188,7 +187,7 @@ def verify_until(gold: str, candidate: str | None, timeout: int, deadline: float
     seconds = min(timeout, deadline - time.monotonic())
     if seconds <= 0:
         return NO_RESULT
-    return _bounded(signal.ITIMER_REAL, signal.SIGALRM, seconds, gold, candidate, NO_RESULT)
+    return bounded(signal.ITIMER_REAL, signal.SIGALRM, seconds, NO_RESULT, verify_one, gold, candidate, None)
 
 
 def warm_up() -> None:
@@ -215,23 +214,33 @@ def check_params(workers, timeout, batch_timeout) -> tuple[int, int, float]:
     return workers, timeout, float(batch_timeout)
 
 
+def two_pass(fast, until, args: list[tuple], workers: int, timeout: int, batch_timeout: float) -> list | None:
+    """`fast(*item)` for every item in the pool (OVER_BUDGET past FAST_CPU_S of CPU), then `until(*item, timeout,
+    deadline)` for the items over budget, all within `batch_timeout` (see the module docstring: a few hostile
+    items cannot starve the rest); NO_RESULT where nothing came in time. None when no pool worker can start."""
+    pool = get_pool(workers) if workers > 0 and args else None
+    if pool is None or not pool.start():
+        return None
+    deadline = time.monotonic() + batch_timeout
+    values = pool.map(fast, args, batch_timeout, NO_RESULT, STUCK_AFTER_S)
+    if values is None:
+        return None
+    slow = [i for i, v in enumerate(values) if v == OVER_BUDGET]
+    left = deadline - time.monotonic()
+    if slow and left > 0:
+        again = pool.map(until, [(*args[i], timeout, deadline) for i in slow], left, NO_RESULT, STUCK_AFTER_S)
+        for i, v in zip(slow, again or []):
+            values[i] = v
+    return [NO_RESULT if v == OVER_BUDGET else v for v in values]
+
+
 def _verify(args: list[tuple], workers: int, timeout: int, batch_timeout: float) -> list | None:
     """`verify_one(gold, candidate, timeout)` per item (NO_RESULT where none came by the batch's deadline), or None
     when nothing can be verified with a bound: no pool, and not on the main thread, where math-verify's alarms
     cannot work."""
-    pool = get_pool(workers) if workers > 0 and args else None
-    if pool is not None and pool.start():
-        deadline = time.monotonic() + batch_timeout
-        values = pool.map(verify_fast, args, batch_timeout, NO_RESULT, STUCK_AFTER_S)
-        slow = [i for i, v in enumerate(values or []) if v == OVER_BUDGET]
-        left = deadline - time.monotonic()
-        if slow and left > 0:
-            items = [(*args[i], timeout, deadline) for i in slow]
-            again = pool.map(verify_until, items, left, NO_RESULT, STUCK_AFTER_S)
-            for i, v in zip(slow, again or []):
-                values[i] = v
-        if values is not None:
-            return [NO_RESULT if v == OVER_BUDGET else v for v in values]
+    values = two_pass(verify_fast, verify_until, args, workers, timeout, batch_timeout)
+    if values is not None:
+        return values
     if threading.current_thread() is not threading.main_thread():
         return None
     return [verify_one(g, c, timeout) for g, c in args]

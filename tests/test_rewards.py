@@ -471,5 +471,5 @@ def test_every_reward_has_its_registry_name_and_survives_pickling():
         reward = get_reward(name, **params.get(name, {}))
         assert reward.__name__ == name
         clone = pickle.loads(pickle.dumps(reward))  # TRL's async rollout worker ships reward funcs to a child process
-        values = clone([THINK_OK], answer=["42"], mode=["think"], completion_ids=[ids(5)])
+        values = clone([THINK_OK], answer=["42"], mode=["think"], completion_ids=[ids(5)], gym=[""])
         assert len(values) == 1 and all(v is None or math.isfinite(v) for v in values)

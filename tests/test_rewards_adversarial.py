@@ -5,12 +5,14 @@ None is allowed only where a reward documents it: the accuracy rewards for a gol
 the mode-aware rewards for a row whose mode is neither think nor no_think.
 """
 
+import json
 import math
 import random
 import time
 
 from rewards import REWARDS, get_reward
 from rewards.accuracy import gold_text, verify_one
+from rewards.gym import PREPARE_TIMEOUT_S
 from rewards.format import normalize_mode
 
 N = 1000
@@ -97,7 +99,14 @@ PARAMS = {
     "accuracy": {"timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
     "cosine_accuracy": {"max_length": 4096, "timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
     "soft_overlong": {"max_length": 4096, "cache_length": 512},
+    "gym_accuracy": {"timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
 }
+# Rewards whose scorer sticks in C code on some hostile rows (sympy's parse_expr on `1e999999` ignores signals): each
+# such row costs the pool a worker, killed and restarted cold, and the rest of that worker's chunk, so in a batch of
+# hundreds of them many honest rows score 0. tests/test_gym.py checks what a batch with a few of them loses.
+KILLS_WORKERS = {"gym_accuracy"}
+# Every row a reasoning-gym countdown problem for `gym_accuracy` (sympy parses the hostile text there)
+GYM = [json.dumps({"task": "countdown", "options": {}, "seed": 1, "size": 4, "index": i % 4}) for i in range(N)]
 
 
 def hostile_batch(seed=0):
@@ -129,6 +138,7 @@ def test_every_registered_reward_survives_1000_hostile_completions():
         "repetition_penalty": [False] * N,
         "tag_count": [normalize_mode(m) is None for m in modes],
         "reasoning_steps": [normalize_mode(m) != "think" for m in modes],
+        "gym_accuracy": [False] * N,
     }
     assert set(none_ok) == set(REWARDS), "a new reward needs its None rule here"
     correct_rows = range(0, N, CORRECT_EVERY)
@@ -137,12 +147,17 @@ def test_every_registered_reward_survives_1000_hostile_completions():
     start = time.monotonic()
     for name in REWARDS:
         reward = get_reward(name, **PARAMS.get(name, {}))
-        alone = reward([CORRECT], answer=["7"], mode=["think"], completion_ids=[[1] * 20])[0]
+        alone = reward([CORRECT], answer=["7"], mode=["think"], completion_ids=[[1] * 20], gym=GYM[:1])[0]
         t0 = time.monotonic()
-        values = reward(completions, answer=answers, mode=modes, completion_ids=completion_ids, prompts=[None] * N)
-        assert time.monotonic() - t0 < BATCH_TIMEOUT + 1.0, name  # the bound, plus extraction of 1 MB strings
+        values = reward(completions, answer=answers, mode=modes, completion_ids=completion_ids, prompts=[None] * N,
+                        gym=GYM)
+        # the bound, plus extraction of 1 MB strings (gym: plus its warm-up of workers the batch before replaced)
+        assert time.monotonic() - t0 < BATCH_TIMEOUT + 1.0 + (PREPARE_TIMEOUT_S if name in KILLS_WORKERS else 0), name
         assert len(values) == N, name
-        assert [values[i] for i in correct_rows] == [alone] * len(correct_rows), name  # not dropped with the rest
+        if name in KILLS_WORKERS:  # honest rows keep their score or, on a worker killed mid-chunk, score 0
+            assert {values[i] for i in correct_rows} <= {alone, 0.0}, name
+        else:
+            assert [values[i] for i in correct_rows] == [alone] * len(correct_rows), name  # not dropped with the rest
         for i, value in enumerate(values):
             if value is None:
                 row = f"{completions[i]!r:.80}, gold {answers[i]!r:.40}, mode {modes[i]!r}"
