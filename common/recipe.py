@@ -276,6 +276,7 @@ RANGES: dict[str, Range] = {
     "epsilon": POSITIVE,
     "temperature": POSITIVE,
     "EvalArguments.temperature": NON_NEGATIVE,  # 0 = greedy
+    "EvalArguments.num_generations": AT_LEAST_1,
     "PairsArguments.temperature": NON_NEGATIVE,
     "top_p": Range(0, 1, low_open=True),
     "lora_r": AT_LEAST_1,

@@ -26,6 +26,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class EvalArguments(GenerationArguments):
                   "is asked in both modes, so N questions give 2N completions."},
     )
     num_samples: int = field(default=8, metadata={"help": "Completions kept verbatim in the output (the first N)."})
+    num_generations: int = field(
+        default=1,
+        metadata={"help": "Samples per question (temperature > 0): accuracy is pass@1 averaged over them, and "
+                  "pass@k is reported for k = 1 and this number. SmolLM3's evaluations sample at T 0.6, top_p 0.95."},
+    )
     baseline: str | None = field(
         default=None, metadata={"help": "A previous stage's eval JSON: report the mean-length ratio per mode."}
     )
@@ -256,6 +262,31 @@ def _share(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of a question with `c` right answers among `n` samples: 1 - C(n-c, k) / C(n, k)."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _spread(accuracy: Sequence[float | None], rows: Sequence[dict], index: list[int]) -> dict:
+    """`accuracy_se`: the standard error of the accuracy over questions (sd of each question's mean accuracy over
+    its samples / sqrt(questions)), the evaluation set's own sampling error; `pass_at_k` for k = 1 and every
+    question's sample count, when each was sampled more than once."""
+    per_question = defaultdict(list)
+    for i in index:
+        if accuracy[i] is not None:
+            per_question[rows[i].get("where"), rows[i]["prompt"][-1]["content"]].append(accuracy[i])
+    means = [sum(v) / len(v) for v in per_question.values()]
+    if len(means) < 2:
+        return {"accuracy_se": None, "pass_at_k": {}}
+    mean = sum(means) / len(means)
+    se = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1) / len(means))
+    n = min(len(v) for v in per_question.values())
+    ks = sorted({1, n}) if n > 1 else []
+    return {"accuracy_se": se, "pass_at_k": {
+        str(k): sum(pass_at_k(len(v), sum(x == 1.0 for x in v), k) for v in per_question.values()) / len(means)
+        for k in ks}}
+
+
 def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Sequence[int],
           truncated: Sequence[bool], num_samples: int = 8, leak_tokens: int = fidelity.LEAK_TOKENS) -> dict:
     """Metrics for `completions[i]` answering prompt row `rows[i]` (columns `answer`, `mode`, `level`,
@@ -266,7 +297,8 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     "samples": [...]}. `accuracy` is over rows whose gold answer parses (`unscored` counts the others; None
     when none does); `mode_adherence` is the share the format reward passes among completions that ended
     before the token budget; `truncated` is the share that hit the budget; `by_level` holds levels >= 1 (level 0 means "no level": GSM8K, MATH-500).
-    Mode fidelity (posttrain.fidelity): `leak` is the share of /no_think completions that reason (None under
+    `accuracy_se` and `pass_at_k`: see `_spread` (rows of one question asked several times, sampled, share
+    its `where` and text). Mode fidelity (posttrain.fidelity): `leak` is the share of /no_think completions that reason (None under
     /think), `empty_think` the share of /think ones with no reasoning (None under /no_think), `continuation` the
     share that repeat or continue the question.
     """
@@ -296,6 +328,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     def summary(index: list[int]) -> dict:
         return {
             "accuracy": _share(accuracy[i] for i in index),
+            **_spread(accuracy, rows, index),
             "mode_adherence": _share(adherent[i] for i in index),
             "mean_tokens": sum(num_tokens[i] for i in index) / len(index),
             "truncated": sum(truncated[i] for i in index) / len(index),
@@ -333,11 +366,17 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
 
 def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, batch_size: int,
              num_threads: int | None = 1, backend: str = "auto", num_samples: int = 8,
-             sampling: dict | None = None, leak_tokens: int = fidelity.LEAK_TOKENS) -> dict:
+             sampling: dict | None = None, leak_tokens: int = fidelity.LEAK_TOKENS, num_generations: int = 1) -> dict:
     """Generate for every prompt row (posttrain.data's prompt format; pass `both_modes(...)` to ask each question
-    in both modes), greedily or with `sampling` ({temperature, top_p, seed}), and `score` the completions. Adds a
+    in both modes), greedily or with `sampling` ({temperature, top_p, seed}) `num_generations` times per row, and
+    `score` the completions (accuracy is then pass@1 averaged over the samples, beside pass@k). Adds a
     "generation" entry: backend, decoding, wall seconds (model loading included), new tokens per second."""
     path = check_checkpoint(model_path)
+    if num_generations > 1 and not sampling:
+        raise UserError(f"num_generations {num_generations}: several samples per question need temperature > 0 "
+                        "(greedy decoding gives the same answer every time)")
+    if num_generations > 1:
+        prompts = prompts.select([i for i in range(len(prompts)) for _ in range(num_generations)])
     if max_new_tokens < 1 or batch_size < 1 or (num_threads is not None and num_threads < 1):
         raise UserError(f"max_new_tokens, batch_size and num_threads must be >= 1, "
                         f"got {max_new_tokens}, {batch_size}, {num_threads}")
@@ -360,6 +399,7 @@ def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, b
                    num_samples=num_samples, leak_tokens=leak_tokens)
     result["generation"] = {
         "backend": "vllm" if vllm else "transformers", "decoding": sampling or "greedy",
+        "num_generations": num_generations,
         "max_new_tokens": max_new_tokens, "completions": len(prompts),
         "wall_s": round(wall_s, 2), "new_tokens_per_s": round(sum(num_tokens) / wall_s, 1),
     }
@@ -402,11 +442,12 @@ def _pct(value) -> str:
 def to_markdown(result: dict) -> str:
     """The result as markdown: one row per mode, then accuracy per level and per source, /think vs /no_think."""
     drift = result.get("length_drift", {})
-    lines = ["| mode | n | accuracy | mode adherence | mean tokens | truncated | leak | empty think | continuation "
-             "| length drift |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | n | accuracy | ± SE | mode adherence | mean tokens | truncated | leak | empty think | "
+             "continuation | length drift |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in result["modes"].items():
         ratio = drift.get(mode)
-        lines.append(f"| /{mode} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['mode_adherence'])} | "
+        lines.append(f"| /{mode} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m.get('accuracy_se'))} | "
+                     f"{_pct(m['mode_adherence'])} | "
                      f"{m['mean_tokens']:.1f} | {_pct(m['truncated'])} | {_pct(m.get('leak'))} | "
                      f"{_pct(m.get('empty_think'))} | {_pct(m.get('continuation'))} | "
                      f"{'-' if ratio is None else f'x{ratio:.2f}'} |")
@@ -422,6 +463,9 @@ def to_markdown(result: dict) -> str:
     for source, per_mode in result["by_source"].items():
         cells = [per_mode.get(m, {}) for m in modes]
         lines.append(f"| {source} | " + " | ".join(f"{_pct(c.get('accuracy'))} ({c.get('n', 0)})" for c in cells) + " |")
+    passes = [f"/{mode} " + ", ".join(f"pass@{k} {_pct(v)}" for k, v in m["pass_at_k"].items())
+              for mode, m in result["modes"].items() if m.get("pass_at_k")]
+    lines += ["", *(f"Sampled: {line}" for line in passes)] if passes else []
     lines += ["", *(f"Skipped: {line}" for line in result.get("skipped_sources", []))]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -438,7 +482,7 @@ def main(argv):
     prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed)
     result = evaluate(args.model_name_or_path, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples,
-                      sampling=args.sampling(), leak_tokens=args.leak_tokens)
+                      sampling=args.sampling(), leak_tokens=args.leak_tokens, num_generations=args.num_generations)
     result["skipped_sources"] = skipped
     if baseline is not None:
         result["length_drift"] = length_drift(result, baseline, args.length_drift_warn)

@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoTokenizer, SmolLM3ForCausalLM
 
 from common.errors import UserError
 from posttrain.evaluate import (
-    _batches, both_modes, decode_completion, evaluate, length_drift, load_baseline, main, score, to_markdown,
+    _batches, both_modes, decode_completion, evaluate, length_drift, load_baseline, main, pass_at_k, score,
+    to_markdown,
 )
 
 THINK = "<think>\n{r}\n</think>\nThe answer is \\boxed{{{a}}}."
@@ -70,8 +71,35 @@ def test_score_hand_written_completions():
     assert result["samples"][1] == {**result["samples"][1], "question": "What is 20+30?", "accuracy": 0.0, "adherent": 1.0}
 
     markdown = to_markdown(result)
-    assert "| /think | 4 | 50.0% | 50.0% | 25.0 | 25.0% | - | 25.0% | 0.0% | - |" in markdown
+    # SE over questions: /think per-question accuracy 1, 0, 0, 1 -> sd 0.577 / sqrt(4)
+    assert "| /think | 4 | 50.0% | 28.9% | 50.0% | 25.0 | 25.0% | - | 25.0% | 0.0% | - |" in markdown
     assert "| 2 | 0.0% (2) | 50.0% (2) |" in markdown
+
+
+def test_pass_at_k_and_the_standard_error_over_questions():
+    assert pass_at_k(4, 2, 1) == 0.5 and pass_at_k(4, 2, 4) == 1.0 and pass_at_k(4, 0, 2) == 0.0
+    assert pass_at_k(5, 1, 2) == pytest.approx(1 - 6 / 10)  # 1 - C(4,2)/C(5,2)
+    rows = [{**_row("What is 2+3?", "5", "think", 1), "where": "q1"}] * 4 + \
+        [{**_row("What is 20+30?", "50", "think", 2), "where": "q2"}] * 4
+    completions = [THINK.format(r="r", a=a) for a in (5, 5, 4, 4, 40, 40, 40, 40)]
+    result = score(completions, rows, num_tokens=[5] * 8, truncated=[False] * 8)
+    think = result["modes"]["think"]
+    assert think["accuracy"] == 0.25  # pass@1 averaged over 4 samples of 2 questions
+    assert think["pass_at_k"] == {"1": 0.25, "4": 0.5}
+    assert think["accuracy_se"] == pytest.approx(0.25)  # question means 0.5 and 0: sd 0.354 / sqrt(2)
+    assert "Sampled: /think pass@1 25.0%, pass@4 50.0%" in to_markdown(result)
+
+
+def test_sampled_evaluation_draws_n_answers_per_question(lively_model_dir):
+    questions = ["What is 1+2?", "What is 12+30?", "What is 5+5?"]
+    prompts = both_modes(Dataset.from_list([{**_row(q, "3", "think", 1), "where": q} for q in questions]))
+    with pytest.raises(UserError, match="need temperature > 0"):
+        evaluate(lively_model_dir, prompts, max_new_tokens=4, batch_size=8, num_generations=2)
+    sampling = {"temperature": 1.0, "top_p": 1.0, "seed": 0}
+    result = evaluate(lively_model_dir, prompts, max_new_tokens=4, batch_size=8, num_generations=3,
+                      sampling=sampling)
+    assert result["generation"]["completions"] == 18 and result["generation"]["num_generations"] == 3
+    assert result["modes"]["think"]["n"] == 9 and set(result["modes"]["think"]["pass_at_k"]) == {"1", "3"}
 
 
 def test_both_modes_asks_every_question_in_both_modes():

@@ -55,4 +55,4 @@ def test_score_counts_fidelity_per_mode():
     assert (no_think["leak"], no_think["empty_think"], no_think["continuation"]) == (0.5, None, 0.25)
     assert result["by_source"]["gsm8k"]["no_think"]["leak"] == 0.5
     assert [s["leak"] for s in result["samples"]] == [None, None, False, True, False, True]
-    assert "| /no_think | 4 | 75.0% | 75.0% | 17.2 | 0.0% | 50.0% | - | 25.0% | - |" in to_markdown(result)
+    assert "| /no_think | 4 | 75.0% | - | 75.0% | 17.2 | 0.0% | 50.0% | - | 25.0% | - |" in to_markdown(result)
