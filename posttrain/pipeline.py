@@ -68,6 +68,12 @@ class PipelineArguments:
     eval_max_new_tokens: int = field(default=160, metadata={"help": "Generation budget per evaluation answer."})
     eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch in evaluation."})
     from_stage: str = field(default="", metadata={"help": "Redo this stage and all later ones (CLI: --from STAGE)."})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Tracker for every stage (`trackio`: local-first, `pip install 'posttrain[trackio]'`; or "
+                  "any transformers/accelerate integration), in one project named after the run, one run per stage "
+                  "(pretraining's: the project's name). `none` keeps each stage recipe's own setting."},
+    )
 
 
 def stage_command(stage: str, recipe: str, model: str | None, output_dir: Path, overrides: dict) -> list[str]:
@@ -131,13 +137,23 @@ def _train(stage: str, cmd: list[str], out: Path) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+def overrides_for(args: PipelineArguments, stage: str) -> dict:
+    """The keys the pipeline sets on a stage: its tracker (when `report_to` is set), then the stage's own
+    `stage_overrides`, which win."""
+    tracking = {}
+    if args.report_to != "none":
+        tracking = ({"report_to": args.report_to, "run_name": args.name} if stage == "pretrain" else
+                    {"report_to": args.report_to, "project": args.name, "run_name": stage})
+    return {**tracking, **args.stage_overrides.get(stage, {})}
+
+
 def check_stage_recipes(args: PipelineArguments, run_dir: Path) -> None:
     """Every post-training stage's recipe, under its overrides, parses and its data loads (`check_stage_recipe`):
     a typo in the DPO recipe, a missing file or an unreachable Hub dataset stops the pipeline here, not after the
     stages before it have run for minutes."""
     for stage, recipe in args.stages.items():
         if stage in STAGE_ROWS:
-            check_stage_recipe(stage, recipe, args.stage_overrides.get(stage, {}), run_dir / stage,
+            check_stage_recipe(stage, recipe, overrides_for(args, stage), run_dir / stage,
                                where=f"stage {stage} ({recipe})")
 
 
@@ -232,7 +248,7 @@ def _run_stage(args: PipelineArguments, stage: str, out: Path, outputs: dict, pr
     if stage == "merge":
         cmd = _merge_command(args.merge, outputs, out)
     else:
-        cmd = stage_command(stage, args.stages[stage], previous_model, out, args.stage_overrides.get(stage, {}))
+        cmd = stage_command(stage, args.stages[stage], previous_model, out, overrides_for(args, stage))
     return _train(stage, cmd, out)
 
 

@@ -1,6 +1,7 @@
 """End to end: `posttrain pipeline` on the tiny recipes with a small budget (slow; CI runs it)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,30 @@ def test_a_pipeline_without_pretrain_starts_from_its_first_recipes_model(tmp_pat
     assert "--model_name_or_path" not in first and first[-2:] == ["--max_steps", "2"]
     later = stage_command("sft", "recipes/tiny/sft.yaml", str(tmp_path / "midtrain"), tmp_path / "sft", {})
     assert later[later.index("--model_name_or_path") + 1] == str(tmp_path / "midtrain")
+
+
+def test_report_to_tracks_every_stage_in_one_trackio_project(tmp_path, tiny_model_dir):
+    """`report_to: trackio` gives each stage the tracker, one project named after the run and one run per stage;
+    a stage's own override wins; a real SFT stage of the pipeline then logs its losses to trackio's local store."""
+    import sqlite3
+
+    from posttrain.pipeline import PipelineArguments, overrides_for
+
+    args = PipelineArguments(name="exp", report_to="trackio", stage_overrides={"dpo": {"report_to": "none"}})
+    assert overrides_for(args, "sft") == {"report_to": "trackio", "project": "exp", "run_name": "sft"}
+    assert overrides_for(args, "pretrain") == {"report_to": "trackio", "run_name": "exp"}
+    assert overrides_for(args, "dpo")["report_to"] == "none"
+    assert overrides_for(PipelineArguments(stage_overrides={"sft": {"max_steps": 2}}), "sft") == {"max_steps": 2}
+
+    recipe = {
+        "name": "exp", "runs_dir": str(tmp_path), "report_to": "trackio", "stages": {"sft": "recipes/tiny/sft.yaml"},
+        "stage_overrides": {"sft": {"model_name_or_path": str(tiny_model_dir), "max_steps": 2, "logging_steps": 1,
+                                    "datasets": [{"name": "arithmetic", "split": "train", "rows": 16, "levels": [1]}]}},
+    }
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}
+    subprocess.run([sys.executable, "-m", "posttrain", "pipeline", "--config", str(config)], cwd=ROOT, check=True, env=env)
+    rows = sqlite3.connect(tmp_path / "trackio" / "exp.db").execute("select run_name, metrics from metrics").fetchall()
+    assert {name for name, _ in rows} == {"sft"}
+    assert sum("train/loss" in json.loads(metrics) for _, metrics in rows) == 2

@@ -349,3 +349,17 @@ def test_tiny_recipe_pretrains_with_one_command(tmp_path):
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12+30?"}], tokenize=False,
                                      add_generation_prompt=True, enable_thinking=True)
     assert len(tok(prompt, add_special_tokens=False)["input_ids"]) < 90
+
+
+def test_pretraining_reports_to_trackio(tmp_path, tiny_tokenizer_dir, web_text):
+    """`report_to: trackio` goes through accelerate's tracker: the run's losses land in trackio's local store, in
+    the project named by `run_name` (what `posttrain pipeline --report_to trackio` passes)."""
+    import os
+    import sqlite3
+
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, report_to="trackio", run_name="exp",
+                         stages=[{"name": "all", "tokens": 4 * 512, "weights": {"web": 1.0}}])
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": str(ROOT / "tests")}
+    subprocess.run([sys.executable, "-m", "pretrain.cli", "train", "--config", recipe], cwd=ROOT, check=True, env=env)
+    rows = sqlite3.connect(tmp_path / "trackio" / "exp.db").execute("select metrics from metrics").fetchall()
+    assert rows and all("loss" in json.loads(metrics) for (metrics,) in rows)
