@@ -151,6 +151,12 @@ def _fmt(value: float | None, metric: str, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%"
 
 
+def _diff_cell(vs: dict, metric: str) -> str:
+    """"+3.0 [+1.2, +4.8] better": the paired difference, its interval where there is one, and the verdict."""
+    ci = f" [{_fmt(vs['ci'][0], metric, True)}, {_fmt(vs['ci'][1], metric, True)}]" if vs.get("ci") else ""
+    return f"{_fmt(vs.get('diff'), metric, True)}{ci}"
+
+
 def _changes(arm) -> str:
     if arm == UNTRAINED:
         return "the starting checkpoint, not trained"
@@ -168,9 +174,7 @@ def to_markdown(args: AblationArguments, summary: dict, runs: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for arm in arms:
         m = summary[arm]["metrics"].get(pm, {})
-        vs = m.get("vs_baseline", {})
-        ci = vs.get("ci")
-        diff = f"{_fmt(vs.get('diff'), pm, True)} [{_fmt(ci[0], pm, True)}, {_fmt(ci[1], pm, True)}]" if ci else _fmt(vs.get("diff"), pm, True)
+        diff = _diff_cell(m.get("vs_baseline", {}), pm)
         walls = [r["train_wall_s"] for r in runs[arm].values() if r.get("train_wall_s")]
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "-"
         changes = _changes(args.arms[arm])
@@ -189,8 +193,7 @@ def to_markdown(args: AblationArguments, summary: dict, runs: dict) -> str:
             if not vs or vs["diff"] is None:
                 cells.append("-")
                 continue
-            ci = f" [{_fmt(vs['ci'][0], name, True)}, {_fmt(vs['ci'][1], name, True)}]" if vs["ci"] else ""
-            cells.append(f"{_fmt(vs['diff'], name, True)}{ci} {vs['verdict']}")
+            cells.append(f"{_diff_cell(vs, name)} {vs['verdict']}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -256,11 +259,12 @@ def _call(cmd: list[str], log: Path, threads: int) -> None:
 
 def run_one(args: AblationArguments, run_dir: Path, arm: str, seed: int, threads: int) -> dict:
     """One arm x seed: train unless complete, evaluate unless evaluated; its metrics, wall times and recipe. The
-    `untrained` arm evaluates the starting checkpoint into its own folder."""
-    out = run_dir / arm / f"seed{seed}"
+    `untrained` arm evaluates the starting checkpoint once (into `<arm>/start`: the evaluation is the same for every
+    seed) and every seed reads that."""
+    untrained = args.arms[arm] == UNTRAINED
+    out = run_dir / arm / ("start" if untrained else f"seed{seed}")
     log = out.with_name(out.name + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    untrained = args.arms[arm] == UNTRAINED
     checkpoint = starting_checkpoint(args) if untrained else str(out)
     if untrained:
         out.mkdir(exist_ok=True)
@@ -286,14 +290,16 @@ def run(args: AblationArguments, config: str) -> dict:
     run_dir = Path(args.runs_dir) / args.name
     check(args, config, run_dir)
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
-    jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    # the untrained arm is evaluated once (its first seed's job) and counts for every seed
+    jobs = [(arm, seed) for arm in args.arms for seed in args.seeds[:1 if args.arms[arm] == UNTRAINED else None]]
     start = time.perf_counter()
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {job: pool.submit(run_one, args, run_dir, *job, threads) for job in jobs}
     runs, failed = {arm: {} for arm in args.arms}, []
     for (arm, seed), future in futures.items():
         try:
-            runs[arm][seed] = future.result()
+            seeds = args.seeds if args.arms[arm] == UNTRAINED else [seed]
+            runs[arm].update(dict.fromkeys(seeds, future.result()))
         except UserError as e:
             failed.append(f"{arm} seed {seed}: {e}")
     runs = {arm: by_seed for arm, by_seed in runs.items() if by_seed}
