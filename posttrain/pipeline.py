@@ -72,7 +72,7 @@ class PipelineArguments:
         default="none",
         metadata={"help": "Tracker for every stage (`trackio`: local-first, `pip install 'posttrain[trackio]'`; or "
                   "any transformers/accelerate integration), in one project named after the run, one run per stage "
-                  "(pretraining's: the project's name). `none` keeps each stage recipe's own setting."},
+                  "named after it. `none` keeps each stage recipe's own setting."},
     )
 
 
@@ -140,10 +140,7 @@ def _train(stage: str, cmd: list[str], out: Path) -> float:
 def overrides_for(args: PipelineArguments, stage: str) -> dict:
     """The keys the pipeline sets on a stage: its tracker (when `report_to` is set), then the stage's own
     `stage_overrides`, which win."""
-    tracking = {}
-    if args.report_to != "none":
-        tracking = ({"report_to": args.report_to, "run_name": args.name} if stage == "pretrain" else
-                    {"report_to": args.report_to, "project": args.name, "run_name": stage})
+    tracking = {"report_to": args.report_to, "project": args.name, "run_name": stage} if args.report_to != "none" else {}
     return {**tracking, **args.stage_overrides.get(stage, {})}
 
 

@@ -64,7 +64,8 @@ RESUME_KEYS = ("seq_len", "micro_batch_size", "tokens_per_step", "seed", "stages
 # the same, e.g. accumulation doubled on half the processes. Any other change is refused (a new learning_rate was
 # ignored, the run continuing on the checkpoint's schedule) unless `start_over`.
 RESUME_MAY_CHANGE = (
-    "output_dir", "data_dir", "save_steps", "keep_last", "logging_steps", "report_to", "run_name", "torch_threads",
+    "output_dir", "data_dir", "save_steps", "keep_last", "logging_steps", "report_to", "project", "run_name",
+    "torch_threads",
     "peak_tflops", "gradient_checkpointing", "gradient_accumulation_steps", "global_batch_tokens", "start_over",
 )
 # What `pretrain tokenize` would rewrite under a run that has checkpoints.
@@ -140,7 +141,8 @@ class TrainConfig:
     report_to: str = field(
         default="none", metadata={"help": "Trackers by HF name, comma-separated (tensorboard, wandb, ...) or none."}
     )
-    run_name: str = field(default="pretrain", metadata={"help": "Tracker run name."})
+    project: str = field(default="pretrain", metadata={"help": "Tracker project (accelerate's project_name)."})
+    run_name: str = field(default="pretrain", metadata={"help": "The run's name in the project (trackio, wandb)."})
     logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
     peak_tflops: float | None = field(
         default=None,
@@ -496,7 +498,8 @@ def setup(data: DataConfig, cfg: TrainConfig) -> Run:
     )
     if accelerator.is_main_process:
         scalars = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(cfg.run_name, scalars)
+        named = {tracker: {"name": cfg.run_name} for tracker in ("trackio", "wandb")}  # their init's run name
+        accelerator.init_trackers(cfg.project, scalars, init_kwargs=named)
         log(f"{cfg.model}: {n_params:,} parameters; {run.max_steps} steps x {tokens_per_step:,} tokens "
             f"({accelerator.num_processes} process(es), accumulation {accum})")
     return run

@@ -131,7 +131,7 @@ def test_report_to_tracks_every_stage_in_one_trackio_project(tmp_path, tiny_mode
 
     args = PipelineArguments(name="exp", report_to="trackio", stage_overrides={"dpo": {"report_to": "none"}})
     assert overrides_for(args, "sft") == {"report_to": "trackio", "project": "exp", "run_name": "sft"}
-    assert overrides_for(args, "pretrain") == {"report_to": "trackio", "run_name": "exp"}
+    assert overrides_for(args, "pretrain") == {"report_to": "trackio", "project": "exp", "run_name": "pretrain"}
     assert overrides_for(args, "dpo")["report_to"] == "none"
     assert overrides_for(PipelineArguments(stage_overrides={"sft": {"max_steps": 2}}), "sft") == {"max_steps": 2}
 

@@ -353,13 +353,14 @@ def test_tiny_recipe_pretrains_with_one_command(tmp_path):
 
 def test_pretraining_reports_to_trackio(tmp_path, tiny_tokenizer_dir, web_text):
     """`report_to: trackio` goes through accelerate's tracker: the run's losses land in trackio's local store, in
-    the project named by `run_name` (what `posttrain pipeline --report_to trackio` passes)."""
+    the project and under the run name the recipe gives (what `posttrain pipeline --report_to trackio` passes)."""
     import os
     import sqlite3
 
-    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, report_to="trackio", run_name="exp",
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, web_text, report_to="trackio", project="exp",
+                         run_name="pretrain",
                          stages=[{"name": "all", "tokens": 4 * 512, "weights": {"web": 1.0}}])
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": str(ROOT / "tests")}
     subprocess.run([sys.executable, "-m", "pretrain.cli", "train", "--config", recipe], cwd=ROOT, check=True, env=env)
-    rows = sqlite3.connect(tmp_path / "trackio" / "exp.db").execute("select metrics from metrics").fetchall()
-    assert rows and all("loss" in json.loads(metrics) for (metrics,) in rows)
+    rows = sqlite3.connect(tmp_path / "trackio" / "exp.db").execute("select run_name, metrics from metrics").fetchall()
+    assert rows and all(run == "pretrain" and "loss" in json.loads(metrics) for run, metrics in rows)
