@@ -15,12 +15,13 @@ EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|pad|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 EMPTY_THINK = "<think>\n\n</think>\n"  # what /no_think turns and generation prompts start with
-MODES = ("think", "no_think")
+MODES = ("think", "no_think")  # the manual switch: every stage's mixture and every evaluation covers both
+AUTO_MODE = "auto_think"  # adaptive: the model decides, an empty think block being its direct answer
 
 
 def mode_system_message(mode: str) -> dict:
-    """The system message that sets a prompt's mode and carries nothing else: exactly "/think" or "/no_think"
-    (the template honours the flag). RLVR and evaluation prompts start with it."""
+    """The system message that sets a prompt's mode and carries nothing else: exactly "/think", "/no_think" or
+    "/auto_think" (the template honours the flag). RLVR and evaluation prompts start with it."""
     return {"role": "system", "content": f"/{mode}"}
 
 

@@ -1,7 +1,7 @@
 """`posttrain eval`: how a checkpoint does in each mode -- accuracy (overall, per difficulty level, per
 source), mode adherence, completion length -- and how its lengths drifted since the previous stage.
 
-Every question is asked in BOTH modes (`both_modes`), so /think and /no_think accuracy compare on the same
+Every question is asked in BOTH modes (`in_modes`), so /think and /no_think accuracy compare on the same
 questions, level by level: the gap between them is what the hybrid recipe is for. Scoring goes through the
 same reward functions RLVR trains on (`rewards.get_reward("accuracy")`, `"format"`; reasoning-gym rows:
 `"gym_accuracy"`, their task's own scorer, full score only), so "accurate" and
@@ -38,7 +38,7 @@ from datasets import Dataset
 
 from common.errors import UserError
 from common.recipe import help_requested, parse_recipe
-from common.template import EOS_TOKEN, MODES, attach_template, mode_system_message
+from common.template import AUTO_MODE, EOS_TOKEN, MODES, attach_template, mode_system_message
 from common.tokenizers import load_pretrained_tokenizer
 from posttrain import fidelity
 
@@ -82,7 +82,12 @@ class EvalArguments(GenerationArguments):
     datasets: list[dict] = field(
         default_factory=lambda: [{"name": "arithmetic", "split": "test", "rows": 100}],
         metadata={"help": "Prompt sources (posttrain.data: arithmetic, gsm8k, math500, reasoning_gym, prompts). Every question "
-                  "is asked in both modes, so N questions give 2N completions."},
+                  "is asked in every mode of `modes`, so N questions give 2N completions by default."},
+    )
+    modes: list[str] = field(
+        default_factory=lambda: list(MODES),
+        metadata={"help": f"The modes every question is asked in: think, no_think, and {AUTO_MODE} (adaptive: the "
+                  "model decides; its think rate is reported per level, beside its accuracy and length)."},
     )
     num_samples: int = field(default=8, metadata={"help": "Completions kept verbatim in the output (the first N)."})
     num_generations: int = field(
@@ -106,15 +111,15 @@ class EvalArguments(GenerationArguments):
 
 # ------------------------------------------------------------------------------------------------ prompts
 
-def both_modes(prompts: Dataset) -> Dataset:
-    """Each row twice, /think then /no_think: the system message (which in posttrain.data's prompt format
-    carries only the mode flag) is replaced and `mode` set, every other column kept."""
+def in_modes(prompts: Dataset, modes: Sequence[str] = MODES) -> Dataset:
+    """Each row once per mode (/think then /no_think by default): the system message (which in posttrain.data's
+    prompt format carries only the mode flag) is replaced and `mode` set, every other column kept."""
 
     def expand(batch: dict) -> dict:
         out = {key: [] for key in batch}
         for i, messages in enumerate(batch["prompt"]):
             question = [m for m in messages if m["role"] != "system"]
-            for mode in MODES:
+            for mode in modes:
                 for key in batch:
                     out[key].append(batch[key][i])
                 out["prompt"][-1] = [mode_system_message(mode), *question]
@@ -124,8 +129,8 @@ def both_modes(prompts: Dataset) -> Dataset:
     return prompts.map(expand, batched=True)
 
 
-def load_eval_prompts(sources, seed: int) -> tuple[Dataset, list[str]]:
-    """Every question of the sources that can be loaded, in both modes, and one line per source that cannot (a Hub
+def load_eval_prompts(sources, seed: int, modes: Sequence[str] = MODES) -> tuple[Dataset, list[str]]:
+    """Every question of the sources that can be loaded, in `modes`, and one line per source that cannot (a Hub
     dataset offline and not cached): evaluation goes on without it, and the log and the report say so."""
     from posttrain import data
 
@@ -134,7 +139,7 @@ def load_eval_prompts(sources, seed: int) -> tuple[Dataset, list[str]]:
         logger.warning("SKIPPED evaluation source %s", line)
     if not kept:
         raise UserError(f"no evaluation source can be loaded: {'; '.join(skipped)}")
-    return both_modes(data.load_prompts(kept, no_think_fraction=0.0, seed=seed)), skipped
+    return in_modes(data.load_prompts(kept, no_think_fraction=0.0, seed=seed), modes), skipped
 
 
 # --------------------------------------------------------------------------------------------- generation
@@ -300,9 +305,11 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     `accuracy_se` and `pass_at_k`: see `_spread` (rows of one question asked several times, sampled, share
     its `where` and text). Mode fidelity (posttrain.fidelity): `leak` is the share of /no_think completions that reason (None under
     /think), `empty_think` the share of /think ones with no reasoning (None under /no_think), `continuation` the
-    share that repeat or continue the question.
+    share that repeat or continue the question. /auto_think rows (the model decides) add `think_rate`, the share
+    that chose to think (`rewards.format.decide`; None in the other modes), overall and per level.
     """
     from rewards import get_reward
+    from rewards.format import decide
 
     if not len(completions) == len(rows) == len(num_tokens) == len(truncated):
         raise ValueError("score: completions, rows, num_tokens and truncated must have the same length")
@@ -324,6 +331,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
             for c, n, r in zip(completions, num_tokens, rows)]
     empty = [fidelity.empty_think(c) if r["mode"] == "think" else None for c, r in zip(completions, rows)]
     continued = [fidelity.continues_question(c, r["prompt"][-1]["content"]) for c, r in zip(completions, rows)]
+    thought = [decide(c)[0] == "think" if r["mode"] == AUTO_MODE else None for c, r in zip(completions, rows)]
 
     def summary(index: list[int]) -> dict:
         return {
@@ -337,6 +345,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
             "leak": _share(leak[i] for i in index),
             "empty_think": _share(empty[i] for i in index),
             "continuation": _share(continued[i] for i in index),
+            "think_rate": _share(thought[i] for i in index),
         }
 
     by_mode, by_level, by_source = defaultdict(list), defaultdict(list), defaultdict(list)
@@ -347,12 +356,15 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
             by_level[row["mode"], row["level"]].append(i)
 
     def levels(mode: str) -> dict:
-        return {level: {"accuracy": _share(accuracy[i] for i in index), "n": len(index)}
+        return {level: {"accuracy": _share(accuracy[i] for i in index), "n": len(index),
+                        "mean_tokens": sum(num_tokens[i] for i in index) / len(index),
+                        "think_rate": _share(thought[i] for i in index)}
                 for (m, level), index in sorted(by_level.items()) if m == mode}
 
-    modes = {mode: {**summary(by_mode[mode]), "by_level": levels(mode)} for mode in MODES if mode in by_mode}
+    every_mode = (*MODES, AUTO_MODE)
+    modes = {mode: {**summary(by_mode[mode]), "by_level": levels(mode)} for mode in every_mode if mode in by_mode}
     sources = {
-        source: {mode: summary(by_source[source, mode]) for mode in MODES if (source, mode) in by_source}
+        source: {mode: summary(by_source[source, mode]) for mode in every_mode if (source, mode) in by_source}
         for source in sorted({source for source, _ in by_source})
     }
     samples = [
@@ -367,8 +379,8 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
 def evaluate(model_path: str | Path, prompts: Dataset, *, max_new_tokens: int, batch_size: int,
              num_threads: int | None = 1, backend: str = "auto", num_samples: int = 8,
              sampling: dict | None = None, leak_tokens: int = fidelity.LEAK_TOKENS, num_generations: int = 1) -> dict:
-    """Generate for every prompt row (posttrain.data's prompt format; pass `both_modes(...)` to ask each question
-    in both modes), greedily or with `sampling` ({temperature, top_p, seed}) `num_generations` times per row, and
+    """Generate for every prompt row (posttrain.data's prompt format; pass `in_modes(...)` to ask each question
+    in several modes), greedily or with `sampling` ({temperature, top_p, seed}) `num_generations` times per row, and
     `score` the completions (accuracy is then pass@1 averaged over the samples, beside pass@k). Adds a
     "generation" entry: backend, decoding, wall seconds (model loading included), new tokens per second."""
     path = check_checkpoint(model_path)
@@ -443,22 +455,22 @@ def to_markdown(result: dict) -> str:
     """The result as markdown: one row per mode, then accuracy per level and per source, /think vs /no_think."""
     drift = result.get("length_drift", {})
     lines = ["| mode | n | accuracy | ± SE | mode adherence | mean tokens | truncated | leak | empty think | "
-             "continuation | length drift |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "continuation | think rate | length drift |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in result["modes"].items():
         ratio = drift.get(mode)
         lines.append(f"| /{mode} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m.get('accuracy_se'))} | "
                      f"{_pct(m['mode_adherence'])} | "
                      f"{m['mean_tokens']:.1f} | {_pct(m['truncated'])} | {_pct(m.get('leak'))} | "
-                     f"{_pct(m.get('empty_think'))} | {_pct(m.get('continuation'))} | "
+                     f"{_pct(m.get('empty_think'))} | {_pct(m.get('continuation'))} | {_pct(m.get('think_rate'))} | "
                      f"{'-' if ratio is None else f'x{ratio:.2f}'} |")
     modes = list(result["modes"])
     header = " | ".join(f"/{m} accuracy (n)" for m in modes)
     levels = sorted({level for m in result["modes"].values() for level in m["by_level"]}, key=int)
-    if levels:
+    if levels:  # per level also the length, and under /auto_think how often the model chose to think
         lines += ["", f"| level | {header} |", "|---|" + "---|" * len(modes)]
         for level in levels:
             cells = [result["modes"][m]["by_level"].get(level, {}) for m in modes]
-            lines.append(f"| {level} | " + " | ".join(f"{_pct(c.get('accuracy'))} ({c.get('n', 0)})" for c in cells) + " |")
+            lines.append(f"| {level} | " + " | ".join(_level_cell(c) for c in cells) + " |")
     lines += ["", f"| source | {header} |", "|---|" + "---|" * len(modes)]
     for source, per_mode in result["by_source"].items():
         cells = [per_mode.get(m, {}) for m in modes]
@@ -470,6 +482,13 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _level_cell(c: dict) -> str:
+    if not c:
+        return "- (0)"
+    thinks = "" if c.get("think_rate") is None else f", thinks {_pct(c['think_rate'])}"
+    return f"{_pct(c['accuracy'])} ({c['n']}), {c['mean_tokens']:.0f} tok{thinks}"
+
+
 def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if help_requested(argv, [EvalArguments], "posttrain eval"):
@@ -479,7 +498,10 @@ def main(argv):
     baseline = load_baseline(args.baseline) if args.baseline else None
     if args.length_drift_warn <= 1:
         raise UserError(f"recipe key 'length_drift_warn': must be > 1, got {args.length_drift_warn}")
-    prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed)
+    if not args.modes or len(set(args.modes)) < len(args.modes) or set(args.modes) - {*MODES, AUTO_MODE}:
+        raise UserError(f"recipe key 'modes': expected distinct modes among think, no_think, {AUTO_MODE}; "
+                        f"got {args.modes!r}")
+    prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed, modes=args.modes)
     result = evaluate(args.model_name_or_path, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       num_threads=args.num_threads, backend=args.backend, num_samples=args.num_samples,
                       sampling=args.sampling(), leak_tokens=args.leak_tokens, num_generations=args.num_generations)

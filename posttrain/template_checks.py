@@ -342,6 +342,23 @@ def check_tool_calls(r: _Renderer) -> str | None:
     return None
 
 
+def check_auto_think(r: _Renderer) -> str | None:
+    """/auto_think (the adaptive mode, checked when the template reads the flag): the generation prompt prefills
+    nothing, so the model's first tokens are its choice; a turn with reasoning trains on its think block and
+    answer, a turn without on an empty think block and answer (the direct answer it learns to choose). What else
+    the mask holds is `assistant_mask`'s business."""
+    system = f"{SYSTEM} /auto_think"
+    turns = [TURNS[0], {"role": "assistant", "content": A1}, *TURNS[2:]]
+    expected = [EMPTY_THINK + A1, _expected_completion(TURNS[3], True)]
+    for n, (span, want) in enumerate(zip(r.trained_spans(_system(system) + turns), expected), 1):
+        if not r.decode(span[:-1]).endswith(want):
+            return f"{system!r}, assistant turn {n}: trained text is {_short(r.decode(span))}, expected {_short(want)}"
+    prompt = r.text(_system(system) + turns[:3], add_generation_prompt=True)
+    if prompt.rstrip().endswith((THINK_OPEN, THINK_CLOSE)):
+        return f"{system!r}: the generation prompt prefills a think tag ({_short(prompt[-30:])}): the choice is made for the model"
+    return None
+
+
 CHECKS = {
     "generation_markers": check_generation_markers,
     "assistant_mask": check_assistant_mask,
@@ -423,7 +440,8 @@ def check_template(template: str, tokenizer) -> list[CheckResult]:
     """Run every check of `template` with `tokenizer`; one result per check, in a fixed order."""
     renderer = _Renderer(template, tokenizer)
     results = []
-    for name, check in CHECKS.items():
+    optional = {"auto_think": check_auto_think} if "/auto_think" in template else {}
+    for name, check in {**CHECKS, **optional}.items():
         try:
             problem = check(renderer)
         except Exception as e:  # a broken template fails in any way (syntax, undefined, raise_exception)

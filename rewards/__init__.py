@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 
 from rewards.accuracy import Accuracy
+from rewards.adaptive import AdaptiveAccuracy
 from rewards.format import ModeFormat
 from rewards.gym import GymAccuracy
 from rewards.length import CosineAccuracy, LengthBudget, SoftOverlong
@@ -29,6 +30,7 @@ from rewards.open_r1 import ReasoningSteps, RepetitionPenalty, TagCount
 REWARDS: dict[str, type] = {
     "accuracy": Accuracy,
     "gym_accuracy": GymAccuracy,  # reasoning-gym rows, scored by their task (rewards/gym.py)
+    "adaptive_accuracy": AdaptiveAccuracy,  # /auto_think: a correct direct answer pays more (rewards/adaptive.py)
     "format": ModeFormat,
     "mode_format": ModeFormat,
     "soft_overlong": SoftOverlong,
@@ -67,6 +69,7 @@ __all__ = [
     "REWARDS",
     "get_reward",
     "Accuracy",
+    "AdaptiveAccuracy",
     "ModeFormat",
     "SoftOverlong",
     "CosineAccuracy",

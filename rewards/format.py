@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from common.template import MODES, THINK_CLOSE, THINK_OPEN
+from common.template import AUTO_MODE, MODES, THINK_CLOSE, THINK_OPEN
 
 # /no_think answers must not open with a reasoning preamble. Deliberately a short, literal list of openers
 # (matched case-insensitively at the start of the stripped completion): a heuristic that catches the common
@@ -55,12 +55,39 @@ def _content_text(content) -> str:
     return ""
 
 
+# An empty think block the model wrote itself at the start of its answer: a direct answer under /auto_think, and
+# what the template would have put before a /no_think answer.
+EMPTY_BLOCK = re.compile(rf"\s*{THINK_OPEN}\s*{THINK_CLOSE}")
+
+
 def normalize_mode(mode) -> str | None:
-    """"think" / "no_think" (a leading "/" is accepted, e.g. "/no_think"); anything else is None."""
+    """"think" / "no_think" / "auto_think" (a leading "/" is accepted, e.g. "/no_think"); anything else is None."""
     if not isinstance(mode, str):
         return None
     mode = mode.strip().lower().lstrip("/")
-    return mode if mode in MODES else None
+    return mode if mode in (*MODES, AUTO_MODE) else None
+
+
+def decide(text: str) -> tuple[str, str]:
+    """An /auto_think completion as the mode it chose: opening with an empty think block, it answered directly
+    ("no_think", read from after the block, as a /no_think answer is read after the template's); anything else
+    is a /think answer ("think", the whole text), well-formed or not."""
+    empty = EMPTY_BLOCK.match(text)
+    return ("no_think", text[empty.end() :]) if empty else ("think", text)
+
+
+def chosen_modes(completions, kwargs: dict, reward: str) -> list[tuple[str, str | None]]:
+    """(text, mode) per completion, the mode read from the `mode` column: /auto_think rows as the mode the
+    completion chose (`decide`), so every mode-aware reward judges a direct answer as /no_think and a thought
+    one as /think; None for a row whose mode is none of the three."""
+    completions = list(completions or [])
+    out = []
+    for completion, mode in zip(completions, column(kwargs, "mode", len(completions), reward)):
+        text, mode = completion_text(completion), normalize_mode(mode)
+        if mode == AUTO_MODE:
+            mode, text = decide(text)
+        out.append((text, mode))
+    return out
 
 
 def column(kwargs: dict, name: str, n: int, reward: str) -> list:
@@ -79,11 +106,9 @@ def column(kwargs: dict, name: str, n: int, reward: str) -> list:
 
 
 def by_mode(completions, kwargs: dict, reward: str, value) -> list[float | None]:
-    """`value(text, mode)` per completion, the mode read from the `mode` column ("think" / "no_think"); None for a
-    row whose mode is neither (not applicable), which TRL averages out."""
-    completions = list(completions or [])
-    modes = [normalize_mode(m) for m in column(kwargs, "mode", len(completions), reward)]
-    return [None if m is None else value(completion_text(c), m) for c, m in zip(completions, modes)]
+    """`value(text, mode)` per completion, (text, mode) from `chosen_modes`; None for a row whose mode is none
+    of think, no_think, auto_think (not applicable), which TRL averages out."""
+    return [None if m is None else value(text, m) for text, m in chosen_modes(completions, kwargs, reward)]
 
 
 def think_format_ok(text: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from rewards.accuracy import check_params, score
-from rewards.format import column, completion_text, normalize_mode
+from rewards.format import chosen_modes, column, completion_text
 
 CHARS_PER_TOKEN = 4.0  # rough English BPE ratio, for the fallback estimate only
 
@@ -137,7 +137,8 @@ class LengthBudget:
         r(L) = 0                              if L <= B_mode
              = -min(1, (L - B_mode) / (ramp * B_mode))   otherwise
 
-    B_mode is `think_budget` or `no_think_budget` by the row's `mode`; the penalty falls linearly from 0 at the
+    B_mode is `think_budget` or `no_think_budget` by the row's `mode` (under /auto_think: the mode the completion
+    chose); the penalty falls linearly from 0 at the
     budget to -1 at (1 + ramp) * B_mode and stays there (bounded, so one runaway completion does not dominate
     a group's reward std). /no_think gets a much smaller budget: its point is a short, direct answer. Reads
     `mode` and `completion_ids`; a row whose mode is neither think nor no_think gets None.
@@ -158,9 +159,9 @@ class LengthBudget:
 
     def __call__(self, completions, completion_ids=None, **kwargs) -> list[float | None]:
         completions = list(completions or [])
-        modes = column(kwargs, "mode", len(completions), self.__name__)
+        modes = [mode for _, mode in chosen_modes(completions, kwargs, self.__name__)]
         lengths = token_lengths(completions, completion_ids, self.chars_per_token)
-        return [self.penalty(normalize_mode(m), n) for m, n in zip(modes, lengths)]
+        return [self.penalty(m, n) for m, n in zip(modes, lengths)]
 
     def penalty(self, mode: str | None, length: int) -> float | None:
         if mode is None:

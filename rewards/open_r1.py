@@ -15,14 +15,12 @@ import math
 import re
 
 from common.template import THINK_CLOSE, THINK_OPEN
-from rewards.format import by_mode, completion_text
+from rewards.format import EMPTY_BLOCK, by_mode, completion_text
 
 # open-r1's markers: "Step 1:", a numbered line ("1."), a bullet ("- ", "* "), and ordinal transitions. `^` is
 # per line here (open-r1 compiles it without MULTILINE, so only a list starting the completion counted).
 _STEPS = re.compile(r"Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Finally,", re.MULTILINE)
 _STEPS_FOR_FULL = 3  # open-r1's "magic number": three steps or more earn the full reward
-# An empty think block the model wrote itself at the start of a /no_think answer, as the template would have.
-_EMPTY_BLOCK = re.compile(rf"\s*{THINK_OPEN}\s*{THINK_CLOSE}")
 
 
 class RepetitionPenalty:
@@ -57,7 +55,7 @@ def tag_count(text: str, mode: str) -> float:
     "<think>" and no "</think>", after one empty block at the start, which counts as none."""
     if mode == "think":
         return 0.5 * (text.count(f"{THINK_OPEN}\n") == 1) + 0.5 * (text.count(f"\n{THINK_CLOSE}\n") == 1)
-    empty = _EMPTY_BLOCK.match(text)
+    empty = EMPTY_BLOCK.match(text)
     rest = text[empty.end() :] if empty else text
     return 0.5 * (THINK_OPEN not in rest) + 0.5 * (THINK_CLOSE not in rest)
 

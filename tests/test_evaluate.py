@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoTokenizer, SmolLM3ForCausalLM
 
 from common.errors import UserError
 from posttrain.evaluate import (
-    _batches, both_modes, decode_completion, evaluate, length_drift, load_baseline, main, pass_at_k, score,
+    _batches, in_modes, decode_completion, evaluate, length_drift, load_baseline, main, pass_at_k, score,
     to_markdown,
 )
 
@@ -62,8 +62,9 @@ def test_score_hand_written_completions():
     assert no_think["mode_adherence"] == 2 / 4  # the think block and the cut-off rambling break /no_think
     assert (think["mean_tokens"], no_think["mean_tokens"]) == (25.0, 2.5)
     assert (think["truncated"], no_think["truncated"], think["n"], no_think["n"]) == (0.25, 0.25, 4, 4)
-    assert think["by_level"] == {1: {"accuracy": 1.0, "n": 1}, 2: {"accuracy": 0.0, "n": 2}}  # level 0: no level
-    assert no_think["by_level"] == {1: {"accuracy": 1.0, "n": 1}, 2: {"accuracy": 0.5, "n": 2}}
+    level = lambda accuracy, n, tokens: {"accuracy": accuracy, "n": n, "mean_tokens": tokens, "think_rate": None}
+    assert think["by_level"] == {1: level(1.0, 1, 10.0), 2: level(0.0, 2, 25.0)}  # level 0: no level
+    assert no_think["by_level"] == {1: level(1.0, 1, 1.0), 2: level(0.5, 2, 2.5)}
     assert result["by_source"]["gsm8k"]["think"]["accuracy"] == 1.0
     assert result["by_source"]["gsm8k"]["no_think"]["accuracy"] is None
     assert result["by_source"]["arithmetic"]["think"]["n"] == 3
@@ -72,8 +73,27 @@ def test_score_hand_written_completions():
 
     markdown = to_markdown(result)
     # SE over questions: /think per-question accuracy 1, 0, 0, 1 -> sd 0.577 / sqrt(4)
-    assert "| /think | 4 | 50.0% | 28.9% | 50.0% | 25.0 | 25.0% | - | 25.0% | 0.0% | - |" in markdown
-    assert "| 2 | 0.0% (2) | 50.0% (2) |" in markdown
+    assert "| /think | 4 | 50.0% | 28.9% | 50.0% | 25.0 | 25.0% | - | 25.0% | 0.0% | - | - |" in markdown
+    assert "| 2 | 0.0% (2), 25 tok | 50.0% (2), 2 tok |" in markdown
+
+
+def test_auto_think_reports_how_often_the_model_chose_to_think_per_level():
+    """/auto_think: an empty think block is the model's direct answer; the think rate is the share that thought."""
+    direct, thought = "<think>\n\n</think>\n\\boxed{{{a}}}", THINK
+    rows_and_completions = [
+        (_row("What is 2+3?", "5", "auto_think", 1), direct.format(a=5)),
+        (_row("What is 4+4?", "8", "auto_think", 1), direct.format(a=8)),
+        (_row("What is 123+456?", "579", "auto_think", 3), thought.format(r="123+456=579", a=579)),
+        (_row("What is 321+456?", "777", "auto_think", 3), direct.format(a=700)),
+        (_row("What is 2+3?", "5", "auto_think", 1), "\\boxed{5}"),  # no think block: neither choice
+    ]
+    rows, completions = zip(*rows_and_completions)
+    result = score(completions, rows, num_tokens=[6, 6, 30, 6, 3], truncated=[False] * 5)
+    auto = result["modes"]["auto_think"]
+    assert auto["think_rate"] == 2 / 5 and auto["mode_adherence"] == 4 / 5 and auto["accuracy"] == 4 / 5
+    assert auto["by_level"][1] == {"accuracy": 1.0, "n": 3, "mean_tokens": 5.0, "think_rate": 1 / 3}
+    assert auto["by_level"][3] == {"accuracy": 0.5, "n": 2, "mean_tokens": 18.0, "think_rate": 0.5}
+    assert "| 3 | 50.0% (2), 18 tok, thinks 50.0% |" in to_markdown(result)
 
 
 def test_pass_at_k_and_the_standard_error_over_questions():
@@ -92,7 +112,7 @@ def test_pass_at_k_and_the_standard_error_over_questions():
 
 def test_sampled_evaluation_draws_n_answers_per_question(lively_model_dir):
     questions = ["What is 1+2?", "What is 12+30?", "What is 5+5?"]
-    prompts = both_modes(Dataset.from_list([{**_row(q, "3", "think", 1), "where": q} for q in questions]))
+    prompts = in_modes(Dataset.from_list([{**_row(q, "3", "think", 1), "where": q} for q in questions]))
     with pytest.raises(UserError, match="need temperature > 0"):
         evaluate(lively_model_dir, prompts, max_new_tokens=4, batch_size=8, num_generations=2)
     sampling = {"temperature": 1.0, "top_p": 1.0, "seed": 0}
@@ -102,9 +122,9 @@ def test_sampled_evaluation_draws_n_answers_per_question(lively_model_dir):
     assert result["modes"]["think"]["n"] == 9 and set(result["modes"]["think"]["pass_at_k"]) == {"1", "3"}
 
 
-def test_both_modes_asks_every_question_in_both_modes():
+def test_in_modes_asks_every_question_in_in_modes():
     prompts = Dataset.from_list([_row("What is 2+3?", "5", "think", 1), _row("What is 4+4?", "8", "no_think", 1)])
-    rows = both_modes(prompts).to_list()
+    rows = in_modes(prompts).to_list()
     assert [(r["prompt"][0]["content"], r["mode"], r["prompt"][1]["content"]) for r in rows] == [
         ("/think", "think", "What is 2+3?"), ("/no_think", "no_think", "What is 2+3?"),
         ("/think", "think", "What is 4+4?"), ("/no_think", "no_think", "What is 4+4?"),
@@ -151,7 +171,7 @@ def test_length_drift_ratio_per_mode_and_warning(tmp_path, caplog):
 
 def test_evaluate_tiny_model_batched_matches_one_by_one(lively_model_dir):
     questions = ["What is 1+2?", "What is 12+30?", "Ann has 4 pens and buys 5 more. How many pens does Ann have now?"]
-    prompts = both_modes(Dataset.from_list([_row(q, "3", "think", 1) for q in questions]))
+    prompts = in_modes(Dataset.from_list([_row(q, "3", "think", 1) for q in questions]))
     threads = torch.get_num_threads()
     batched = evaluate(lively_model_dir, prompts, max_new_tokens=6, batch_size=4, num_samples=6)
     single = evaluate(lively_model_dir, prompts, max_new_tokens=6, batch_size=1, num_samples=6)
@@ -169,7 +189,7 @@ def test_evaluate_tiny_model_batched_matches_one_by_one(lively_model_dir):
 
 
 def test_sampling_is_seeded_and_recorded(lively_model_dir):
-    prompts = both_modes(Dataset.from_list([_row(f"What is {n}+{n}?", str(2 * n), "think", 1) for n in (3, 14, 27)]))
+    prompts = in_modes(Dataset.from_list([_row(f"What is {n}+{n}?", str(2 * n), "think", 1) for n in (3, 14, 27)]))
 
     def completions(sampling):
         result = evaluate(lively_model_dir, prompts, max_new_tokens=8, batch_size=4, num_samples=6, sampling=sampling)

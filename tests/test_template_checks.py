@@ -39,12 +39,16 @@ BROKEN = {
         ('{%- if "/no_think" in state.system', '{%- if enable_thinking is defined -%}{%- elif "/no_think" in state.system')]),
     # the flag switches the mode but stays in the rendered system instructions
     "flag_not_leaked": ("flag_not_leaked", "renders differently", [
-        ('state.system.replace("/no_think", "").replace("/think", "").rstrip()', "state.system.rstrip()")]),
+        ('state.system.replace("/auto_think", "").replace("/no_think", "").replace("/think", "").rstrip()',
+         "state.system.rstrip()")]),
     # the system turn uses Llama-3 headers, which this vocabulary spells in bytes
     "special_tokens": ("special_tokens", "not in the tokenizer's vocabulary", [
         ("<|im_start|>system\n", "<|start_header_id|>system<|end_header_id|>\n")]),
     # /no_think turns and the generation prompt write `<think></think>` instead of the empty block
     "empty_think": ("empty_think", "<think></think>", [("<think>\n\n</think>\n{% endif", "<think></think>\n{% endif")]),
+    # /auto_think turns without reasoning train on the answer alone: the model never learns to choose a direct answer
+    "auto_think": ("auto_think", "expected '<think>\\n\\n</think>\\n\\\\boxed{42}'", [
+        ('{%- elif state.auto and not reply.lstrip("\\n").startswith("<think>") -%}', "{%- elif false -%}")]),
     # assistant tool calls are dropped (the basic Llama-3 template's bug): TRL's supports_tool_calling says so
     "tool_calls": ("tool_calls", "supports_tool_calling", [
         ("{%- for call in message.tool_calls or [] -%}", "{%- for call in [] -%}")]),
@@ -76,12 +80,17 @@ def failures(results) -> dict[str, str]:
 
 def test_project_template_passes_every_check(tokenizer):
     results = check_template(load_template(), tokenizer)
-    assert [r.name for r in results] == list(CHECKS)
+    assert [r.name for r in results] == [*CHECKS, "auto_think"]  # the adaptive mode's check: the template reads it
     assert failures(results) == {}
 
 
+def test_a_template_without_the_adaptive_mode_is_not_checked_for_it(tokenizer, fixtures):
+    results = check_template(served(fixtures).read_text(), tokenizer)  # SmolLM3's own: /think and /no_think only
+    assert [r.name for r in results] == list(CHECKS)
+
+
 def test_every_check_has_a_broken_template():
-    assert {check for check, _, _ in BROKEN.values()} == set(CHECKS)
+    assert {check for check, _, _ in BROKEN.values()} == {*CHECKS, "auto_think"}
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
@@ -119,7 +128,7 @@ def test_cli_exit_codes(tiny_tokenizer_dir, tmp_path, capsys):
     # a tokenizer directory, checked with its own (the project's) template
     code, out, _ = run_cli(["check-template", str(tiny_tokenizer_dir)], capsys)
     assert code == 0
-    assert out.splitlines() == [f"PASS {name}" for name in CHECKS]
+    assert out.splitlines() == [f"PASS {name}" for name in [*CHECKS, "auto_think"]]
     # a template file, checked with that tokenizer
     template = tmp_path / "mode_flags.jinja"
     template.write_text(broken_template("mode_flags"))
