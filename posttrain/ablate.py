@@ -16,8 +16,12 @@ the others have finished. `parallel: N` runs N at a time, each with cores/N thre
 Results: `ablation.json` (per arm and seed: metrics, wall times, the exact recipe the stage recorded) and
 `ablation.md`: per metric the baseline's mean, its spread over seeds and the evaluation's own sampling error, and
 per arm the paired difference from the baseline (same seeds) with a 95% t interval over seeds and a verdict:
-"better"/"worse" when the interval excludes 0 (for leak, empty-think and continuation shares lower is better),
-else "within noise" (tokens: "longer"/"shorter").
+"better"/"worse" when the interval excludes 0 AND the difference is larger than the evaluation set's own noise
+(for a share: 1.96 x the sampling error of a difference between two evaluations of that many questions, which
+overstates it for two models that agree on most questions; for tokens: 1% of the baseline's length), else
+"within noise" (tokens: "longer"/"shorter"; for leak, empty-think and continuation shares lower is better). Why
+both: the baseline is often one evaluation for every seed (an `untrained` arm), so an arm that loses the same
+single question at every seed has a zero-width interval; one question of 300 is not a finding.
 """
 
 from __future__ import annotations
@@ -100,8 +104,18 @@ def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     return mean, sd
 
 
-def paired(arm: dict[int, float], baseline: dict[int, float], metric: str) -> dict:
-    """The arm minus the baseline on the seeds both ran: mean difference, 95% t interval over seeds, verdict."""
+def eval_floor(metric: str, arm_mean: float, baseline_mean: float, n: int | None) -> float:
+    """The smallest difference the evaluation itself can tell apart (see the module docstring); 0 without `n`."""
+    if metric.endswith("/tokens"):
+        return 0.01 * abs(baseline_mean)
+    if not n:
+        return 0.0
+    return 1.96 * math.sqrt((arm_mean * (1 - arm_mean) + baseline_mean * (1 - baseline_mean)) / n)
+
+
+def paired(arm: dict[int, float], baseline: dict[int, float], metric: str, n: int | None = None) -> dict:
+    """The arm minus the baseline on the seeds both ran: mean difference, 95% t interval over seeds, the
+    evaluation's noise floor (`eval_floor`, `n` questions per evaluation), verdict."""
     diffs = [arm[s] - baseline[s] for s in sorted(arm) if s in baseline]
     if not diffs:
         return {"diff": None, "ci": None, "seeds": 0, "verdict": "no shared seed"}
@@ -112,8 +126,10 @@ def paired(arm: dict[int, float], baseline: dict[int, float], metric: str) -> di
     half = t * sd / math.sqrt(len(diffs))
     up, down = {"tokens": ("longer", "shorter"), **dict.fromkeys(LOWER_IS_BETTER, ("worse", "better"))}.get(
         metric.rpartition("/")[2], ("better", "worse"))
-    verdict = up if mean - half > 0 else down if mean + half < 0 else "within noise"
-    return {"diff": mean, "ci": [mean - half, mean + half], "seeds": len(diffs), "verdict": verdict}
+    shared = [s for s in sorted(arm) if s in baseline]
+    floor = eval_floor(metric, sum(arm[s] for s in shared) / len(shared), sum(baseline[s] for s in shared) / len(shared), n)
+    verdict = "within noise" if abs(mean) <= floor else up if mean - half > 0 else down if mean + half < 0 else "within noise"
+    return {"diff": mean, "ci": [mean - half, mean + half], "eval_floor": floor, "seeds": len(diffs), "verdict": verdict}
 
 
 def summarize(runs: dict[str, dict[int, dict]], primary_metric: str) -> dict:
@@ -137,7 +153,7 @@ def summarize(runs: dict[str, dict[int, dict]], primary_metric: str) -> dict:
             se = None if name.endswith("/tokens") else math.sqrt(max(mean * (1 - mean), 0.0) / n)
             entry[name] = {"mean": mean, "sd": sd, "eval_se": se, "n": n, "seeds": len(values)}
             if arm != baseline_name and baseline_name in arms:
-                entry[name]["vs_baseline"] = paired(values, {s: v for s, (v, _) in arms[baseline_name].items()}, name)
+                entry[name]["vs_baseline"] = paired(values, {s: v for s, (v, _) in arms[baseline_name].items()}, name, n)
         verdict = entry.get(primary_metric, {}).get("vs_baseline", {}).get("verdict", "baseline" if arm == baseline_name else "-")
         summary[arm] = {"verdict": verdict, "metrics": entry}
     return summary
@@ -170,7 +186,8 @@ def to_markdown(args: AblationArguments, summary: dict, runs: dict) -> str:
     pm = args.primary_metric
     lines = [f"# Ablation `{args.name}`: posttrain {args.stage}, base {args.base}, seeds {args.seeds}", "",
              f"Verdicts on {pm} (paired over seeds against `{arms[0]}`, 95% t interval; percentage points for "
-             "shares):", "", "| arm | changes | mean | seed sd | diff [95% CI] | verdict | train s / run |",
+             "shares; better or worse only when the interval excludes 0 and the difference exceeds the evaluation's "
+             "own noise, see posttrain/ablate.py):", "", "| arm | changes | mean | seed sd | diff [95% CI] | verdict | train s / run |",
              "|---|---|---|---|---|---|---|"]
     for arm in arms:
         m = summary[arm]["metrics"].get(pm, {})

@@ -26,6 +26,8 @@ whose (chosen) reply has no reasoning would teach the model to skip thinking: re
 `allow_think_without_reasoning`. SFT and DPO rows carry the mode as a per-row
 `chat_template_kwargs` column, which TRL passes to `apply_chat_template`; GRPO cannot, so RLVR/evaluation
 prompts carry it as a system message that is exactly "/think" or "/no_think" (the template honours the flag).
+A prompt may also be "/auto_think" (the model decides whether to think): a prompt source's `mode` key, or a
+user prompt row's `mode`, fixes it; the mixture fills the other rows.
 
 Reasoning travels in an assistant message's `reasoning_content` (the template writes it into the think
 block), so deriving the /no_think version is dropping one field. The one exception is a rejected /no_think
@@ -56,7 +58,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from common.errors import UserError
-from common.template import MODES, THINK_CLOSE, THINK_OPEN, mode_system_message
+from common.template import AUTO_MODE, MODES, THINK_CLOSE, THINK_OPEN, mode_system_message
 from posttrain import task
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,8 @@ PREFERENCE = Features(
     {"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string"), **WHERE}
 )
 # `gym`: for reasoning-gym rows, the JSON of how to rebuild the entry its own scorer reads (rewards.gym); else "".
+ROW_MODES = (*MODES, AUTO_MODE)  # a prompt row may also be /auto_think (the model decides)
+
 PROMPT = Features(
     {"prompt": List(MESSAGE), "answer": Value("string"), "mode": Value("string"), "level": Value("int64"),
      "source": Value("string"), "gym": Value("string"), **WHERE}
@@ -129,6 +133,7 @@ class DatasetSource:
     task: str | None = None  # reasoning_gym: the generator's name (basic_arithmetic, chain_sum, countdown, ...)
     options: dict | None = None  # reasoning_gym: the generator's settings (its difficulty), e.g. {max_digits: 3}
     level: int = 0  # reasoning_gym: the difficulty level these rows are reported under (0: none)
+    mode: str | None = None  # prompt sources: every row in this mode (think, no_think, auto_think), not mixed
 
     @property
     def kind(self) -> str:
@@ -189,6 +194,7 @@ def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource
         check("task", is_text, "a reasoning-gym task name")
         check("options", lambda v: isinstance(v, dict), "a mapping of the task's settings")
         check("level", lambda v: is_int(v) and v >= 0, "a non-negative integer")
+        check("mode", lambda v: v in ROW_MODES, " | ".join(ROW_MODES))
         if name == "reasoning_gym":
             for key in ("path", "config", "split", "levels"):
                 if key in spec:
@@ -341,10 +347,10 @@ def _string(row: dict, where: str, field: str, label: str | None = None) -> str:
     return value
 
 
-def _mode(row: dict, where: str) -> str | None:
+def _mode(row: dict, where: str, allowed: Sequence[str] = MODES) -> str | None:
     mode = row.get("mode")
-    if mode is not None and mode not in MODES:
-        raise DataError(f"{where}: field 'mode': must be think or no_think, got {mode!r}")
+    if mode is not None and mode not in allowed:
+        raise DataError(f"{where}: field 'mode': must be {' or '.join(allowed)}, got {mode!r}")
     return mode
 
 
@@ -533,10 +539,11 @@ def _check_fraction(no_think_fraction: float) -> None:
 
 
 def assign_modes(modes: Sequence[str | None], no_think_fraction: float, seed: int) -> list[str]:
-    """Fill the None (either-way) modes so that the /no_think share is as close to the fraction as the
-    fixed rows allow; a seeded sample picks which rows."""
+    """Fill the None (either-way) modes so that the /no_think share of the /think and /no_think rows is as close
+    to the fraction as the fixed rows allow (/auto_think rows are neither); a seeded sample picks which rows."""
     flexible = [i for i, m in enumerate(modes) if m is None]
-    target = round(no_think_fraction * len(modes))
+    manual = sum(m != AUTO_MODE for m in modes)
+    target = round(no_think_fraction * manual)
     fixed_no_think = sum(m == "no_think" for m in modes)
     k = min(max(target - fixed_no_think, 0), len(flexible))
     no_think = set(random.Random(seed).sample(flexible, k))
@@ -545,7 +552,7 @@ def assign_modes(modes: Sequence[str | None], no_think_fraction: float, seed: in
     if got != target:
         logger.warning(
             "no_think_fraction %.2f asks for %d /no_think rows of %d; the rows' own modes allow %d",
-            no_think_fraction, target, len(out), got,
+            no_think_fraction, target, manual, got,
         )
     return out
 
@@ -582,7 +589,12 @@ Adapter = Callable[[DatasetSource], Iterable[dict]]
 def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: int) -> Dataset:
     parts = []
     for source in parse_dataset_sources(sources, adapters):
+        if source.mode and features is not PROMPT:
+            raise DataError(f"{source.label}: key 'mode' fixes the mode of prompt sources (rlvr, eval) only; "
+                            "conversations and preferences take theirs from each row")
         rows = [{key: row.get(key) for key in features} for row in adapters[source.name](source)]  # absent: None
+        for row in rows if source.mode else []:
+            row["mode"] = source.mode
         if not rows:
             raise DataError(f"{source.label}: no rows (the file is empty or holds only blank lines)"
                             if source.kind == "jsonl" else f"{source.label}: no rows")
@@ -794,7 +806,8 @@ def _user_prompts(source: DatasetSource) -> Iterator[dict]:
     the file's stem is the `source` label."""
     for where, row in read_rows(source):
         prompt = [{"role": t["role"], "content": t["content"]} for t in _prompt_field(row, where, reserved_system=True)]
-        yield _prompt_row(where, prompt, _string(row, where, "answer"), 0, Path(source.path).stem, _mode(row, where))
+        yield _prompt_row(where, prompt, _string(row, where, "answer"), 0, Path(source.path).stem,
+                          _mode(row, where, ROW_MODES))
 
 
 # ----------------------------------------------------------------------------------------------- loaders
@@ -850,7 +863,7 @@ def load_preferences(sources, *, no_think_fraction: float, seed: int,
 
 
 def load_prompts(sources, *, no_think_fraction: float, seed: int) -> Dataset:
-    """RLVR and evaluation prompts: `prompt` (a system message that is exactly "/think" or "/no_think",
+    """RLVR and evaluation prompts: `prompt` (a system message that is exactly "/think", "/no_think" or "/auto_think",
     then the question), `answer` (gold, str), `mode`, `level` (arithmetic level, 0 otherwise), `source`.
     `gym` (see PROMPT). Sources: arithmetic, gsm8k, math500 (`problem`, `answer`), reasoning_gym (generated by
     the `reasoning-gym` package), prompts (user jsonl)."""
@@ -892,7 +905,7 @@ def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "d
     Returns (dataset, rows dropped per mode)."""
     if policy not in ("drop", "error"):
         raise DataError(f"recipe key 'overlong_policy': must be drop or error, got {policy!r}")
-    keep, dropped, total = [], dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0)
+    keep, dropped, total = [], dict.fromkeys(ROW_MODES, 0), dict.fromkeys(ROW_MODES, 0)
     for i, row in enumerate(dataset):
         n, field = _rendered_length(row, tokenizer)
         total[row["mode"]] += 1
@@ -908,6 +921,7 @@ def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "d
             "DROPPED rows longer than max_length=%d tokens: %d of %d /think rows, %d of %d /no_think rows",
             max_length, dropped["think"], total["think"], dropped["no_think"], total["no_think"],
         )
+    dropped = {mode: n for mode, n in dropped.items() if mode in MODES or total[mode]}
     return (dataset if len(keep) == len(dataset) else dataset.select(keep)), dropped
 
 
@@ -963,8 +977,9 @@ def stage_dataset(name: str, kind: str, script, tokenizer, *, seed: int,
 
 
 def rows_per_mode(dataset: Dataset) -> dict[str, int]:
+    """Rows per mode: think and no_think always, auto_think when there are such rows (prompts only)."""
     counts = Counter(dataset["mode"]) if len(dataset) else Counter()
-    return {mode: counts.get(mode, 0) for mode in MODES}
+    return {mode: counts.get(mode, 0) for mode in ROW_MODES if mode in MODES or counts.get(mode)}
 
 
 def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) -> None:

@@ -32,6 +32,14 @@ def test_paired_difference_interval_and_verdicts():
     assert ablate.paired({0: 90.0, 1: 91.0, 2: 92.0}, {0: 50.0, 1: 50.0, 2: 51.0}, "think/tokens")["verdict"] == "longer"
     # a broken-completion share that grows is worse
     assert ablate.paired({0: 0.60, 1: 0.71, 2: 0.64}, base, "no_think/leak")["verdict"] == "worse"
+    # the evaluation's own noise: the same one question of 300 lost at every seed (zero-width interval) is not a
+    # finding; +10 points on 300 questions is (floor 1.96 x sqrt((0.65 x 0.35 + 0.55 x 0.45) / 300) = 7.7 points)
+    lost_one = ablate.paired({0: 299 / 300, 1: 299 / 300, 2: 299 / 300}, {0: 1.0, 1: 1.0, 2: 1.0}, "think/adherence", 300)
+    assert lost_one["ci"] == pytest.approx([-1 / 300, -1 / 300]) and lost_one["verdict"] == "within noise"
+    assert ablate.paired({0: 0.60, 1: 0.71, 2: 0.64}, base, "think/accuracy", 300)["verdict"] == "better"
+    assert ablate.paired({0: 0.60, 1: 0.71, 2: 0.64}, base, "think/accuracy", 50)["verdict"] == "within noise"
+    # tokens: a change under 1% of the baseline's length is not one
+    assert ablate.paired({0: 47.51, 1: 47.51, 2: 47.52}, {0: 47.5, 1: 47.5, 2: 47.5}, "think/tokens")["verdict"] == "within noise"
     one = ablate.paired({0: 0.9}, base, "think/accuracy")
     assert one["verdict"] == "one seed: no verdict" and one["ci"] is None
     assert ablate.paired({5: 0.9}, base, "think/accuracy")["verdict"] == "no shared seed"

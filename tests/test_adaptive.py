@@ -53,3 +53,43 @@ def test_the_collapse_guard_pays_the_minority_choice_of_each_group_early_only():
 def test_adaptive_accuracy_refuses_a_bonus_that_does_not_favour_direct_answers():
     with pytest.raises(ValueError, match="direct_bonus > 0"):
         get_reward("adaptive_accuracy", direct_bonus=0)
+
+
+def test_rlvr_trains_auto_think_prompts_with_adaptive_accuracy(tiny_model_dir, tmp_path):
+    """A prompt source in /auto_think beside a mixed one: the prompts carry the flag and nothing is prefilled,
+    GRPO runs with `adaptive_accuracy`, and the batch's think rate and the per-mode metrics reach TRL's logs."""
+    import json
+
+    import yaml
+
+    from posttrain import rlvr
+
+    recipe = {
+        "model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "rlvr"),
+        "datasets": [{"name": "arithmetic", "split": "train", "rows": 4, "levels": [1], "mode": "auto_think"},
+                     {"name": "arithmetic", "split": "train", "rows": 4, "levels": [2]}],
+        "no_think_fraction": 0.5, "reward_funcs": ["adaptive_accuracy", "format"],
+        "reward_kwargs": {"adaptive_accuracy": {"workers": 0, "balance_steps": 1}},
+        "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 8, "max_steps": 4,
+        "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 0,
+    }
+    (tmp_path / "rlvr.yaml").write_text(yaml.safe_dump(recipe))
+    assert rlvr.main(["--config", str(tmp_path / "rlvr.yaml")]) == 0
+    record = json.loads((tmp_path / "rlvr" / "posttrain_run.json").read_text())
+    assert record["data"]["rows_per_mode"] == {"think": 2, "no_think": 2, "auto_think": 4}
+    steps = [h for h in json.loads((tmp_path / "rlvr" / "log_history.json").read_text()) if "loss" in h]
+    rates = [h["rewards/adaptive_accuracy/think_rate"] for h in steps if "rewards/adaptive_accuracy/think_rate" in h]
+    assert rates and all(0.0 <= r <= 1.0 for r in rates)
+    assert any("rewards/adaptive_accuracy/auto_think" in h for h in steps)
+
+
+def test_a_fixed_mode_is_for_prompt_sources_only():
+    from common.errors import UserError
+    from posttrain import data
+
+    prompts = data.load_prompts([{"name": "arithmetic", "rows": 3, "mode": "auto_think"}], no_think_fraction=0.5, seed=0)
+    assert [row["prompt"][0] for row in prompts] == [{"role": "system", "content": "/auto_think"}] * 3
+    with pytest.raises(UserError, match="'mode' fixes the mode of prompt sources"):
+        data.load_conversations([{"name": "arithmetic", "rows": 3, "mode": "no_think"}], no_think_fraction=0.5, seed=0)
+    with pytest.raises(UserError, match=r"datasets\[0\]\.mode: must be think \| no_think \| auto_think"):
+        data.load_prompts([{"name": "arithmetic", "rows": 3, "mode": "auto"}], no_think_fraction=0.5, seed=0)
