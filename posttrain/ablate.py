@@ -74,30 +74,6 @@ class AblationArguments:
     parallel: int = field(default=1, metadata={"help": "Runs at a time (each gets cores/parallel threads)."})
 
 
-def metrics(result: dict) -> dict[str, tuple[float, int]]:
-    """An eval result flattened to {name: (value, n)}: accuracy, adherence, mean tokens and the mode-fidelity
-    shares (leak, empty_think, continuation) per mode, accuracy per level, and the same per source when there
-    are several. Metrics without a value (no scorable row) are left out."""
-    found = {}
-
-    def add(prefix: str, m: dict) -> None:
-        for key, name in (("accuracy", "accuracy"), ("mode_adherence", "adherence"), ("mean_tokens", "tokens"),
-                          ("leak", "leak"), ("empty_think", "empty_think"), ("continuation", "continuation")):
-            if m.get(key) is not None:
-                found[f"{prefix}/{name}"] = (m[key], m["n"])
-
-    for mode, m in result["modes"].items():
-        add(mode, m)
-        for level, lv in m.get("by_level", {}).items():
-            if lv["accuracy"] is not None:
-                found[f"{mode}/L{level}/accuracy"] = (lv["accuracy"], lv["n"])
-    if len(result["by_source"]) > 1:
-        for source, per_mode in result["by_source"].items():
-            for mode, m in per_mode.items():
-                add(f"{source}/{mode}", m)
-    return found
-
-
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     mean = sum(values) / len(values)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
@@ -295,9 +271,11 @@ def run_one(args: AblationArguments, run_dir: Path, arm: str, seed: int, threads
         _call([sys.executable, "-m", "posttrain", "eval", *_eval_argv(args, checkpoint), "--output_json", str(pending)],
               log, threads)
         os.replace(pending, evaluation)
+    from posttrain.evaluate import flat_metrics
+
     record = {} if untrained else json.loads((out / RUN_RECORD).read_text())
     result = json.loads(evaluation.read_text())
-    return {"metrics": metrics(result), "train_wall_s": record.get("wall_s"),
+    return {"metrics": flat_metrics(result), "train_wall_s": record.get("wall_s"),
             "eval_wall_s": result["generation"]["wall_s"], "recipe": record.get("recipe")}
 
 

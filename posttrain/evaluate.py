@@ -451,6 +451,33 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def flat_metrics(result: dict) -> dict[str, tuple[float, int]]:
+    """An eval result flattened to {name: (value, n)}: accuracy, adherence, mean tokens, the mode-fidelity
+    shares (leak, empty_think, continuation) and /auto_think's think rate per mode, accuracy (and think rate)
+    per level, and the same per source when there are several. Metrics without a value (no scorable row) are
+    left out. What `posttrain ablate` compares and the pipeline logs to its tracker."""
+    found = {}
+
+    def add(prefix: str, m: dict) -> None:
+        for key, name in (("accuracy", "accuracy"), ("mode_adherence", "adherence"), ("mean_tokens", "tokens"),
+                          ("leak", "leak"), ("empty_think", "empty_think"), ("continuation", "continuation"),
+                          ("think_rate", "think_rate")):
+            if m.get(key) is not None:
+                found[f"{prefix}/{name}"] = (m[key], m["n"])
+
+    for mode, m in result["modes"].items():
+        add(mode, m)
+        for level, lv in m.get("by_level", {}).items():
+            for key in ("accuracy", "think_rate"):
+                if lv.get(key) is not None:
+                    found[f"{mode}/L{level}/{key}"] = (lv[key], lv["n"])
+    if len(result["by_source"]) > 1:
+        for source, per_mode in result["by_source"].items():
+            for mode, m in per_mode.items():
+                add(f"{source}/{mode}", m)
+    return found
+
+
 def to_markdown(result: dict) -> str:
     """The result as markdown: one row per mode, then accuracy per level and per source, /think vs /no_think."""
     drift = result.get("length_drift", {})

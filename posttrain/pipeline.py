@@ -261,6 +261,21 @@ def evaluate_stage(args: PipelineArguments, stage: str, out: Path, eval_prompts,
     if previous_model and (Path(previous_model) / "eval.json").is_file():
         result["length_drift"] = length_drift(result, load_baseline(Path(previous_model) / "eval.json"), 1.5)
     (out / "eval.json").write_text(json.dumps(result, indent=2))
+    if "trackio" in args.report_to.split(","):
+        track_eval(args.name, stage, result)
+
+
+def track_eval(project: str, stage: str, result: dict) -> None:
+    """The stage's evaluation into the trackio run its training logged to (reopened: `resume="allow"`), as
+    `eval/<metric>` (`flat_metrics`: accuracy, adherence, tokens and fidelity per mode, accuracy per level), so
+    the dashboard shows what each stage did to the model beside its losses."""
+    import trackio
+
+    from posttrain.evaluate import flat_metrics
+
+    trackio.init(project=project, name=stage, resume="allow")
+    trackio.log({f"eval/{name}": value for name, (value, _) in flat_metrics(result).items()})
+    trackio.finish()
 
 
 def write_report(args: PipelineArguments, order: list[str], outputs: dict, state: dict, run_dir: Path,

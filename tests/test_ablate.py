@@ -13,6 +13,7 @@ import yaml
 from common.errors import UserError
 from common.recipe import parse_recipe
 from posttrain import ablate
+from posttrain.evaluate import flat_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,11 +72,15 @@ def test_metrics_flatten_modes_levels_and_sources():
     mode = {"accuracy": 0.5, "mode_adherence": 1.0, "mean_tokens": 20.0, "n": 4,
             "by_level": {"1": {"accuracy": 0.75, "n": 4}, "2": {"accuracy": None, "n": 0}}}
     result = {"modes": {"think": mode}, "by_source": {"arithmetic": {"think": mode}}}
-    found = ablate.metrics(result)
+    found = flat_metrics(result)
     assert found == {"think/accuracy": (0.5, 4), "think/adherence": (1.0, 4), "think/tokens": (20.0, 4),
                      "think/L1/accuracy": (0.75, 4)}
+    result["modes"]["auto_think"] = {**mode, "think_rate": 0.25, "by_level": {"1": {"accuracy": 1.0, "n": 4, "think_rate": 0.5}}}
+    found = flat_metrics(result)
+    assert found["auto_think/think_rate"] == (0.25, 4) and found["auto_think/L1/think_rate"] == (0.5, 4)
+    assert "think/think_rate" not in found  # a manual mode has none
     result["by_source"]["gsm8k"] = {"think": {**mode, "accuracy": None}}
-    found = ablate.metrics(result)
+    found = flat_metrics(result)
     assert found["gsm8k/think/adherence"] == (1.0, 4) and "gsm8k/think/accuracy" not in found
     assert found["arithmetic/think/accuracy"] == (0.5, 4)
 

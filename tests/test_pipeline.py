@@ -124,7 +124,8 @@ def test_a_pipeline_without_pretrain_starts_from_its_first_recipes_model(tmp_pat
 
 def test_report_to_tracks_every_stage_in_one_trackio_project(tmp_path, tiny_model_dir):
     """`report_to: trackio` gives each stage the tracker, one project named after the run and one run per stage;
-    a stage's own override wins; a real SFT stage of the pipeline then logs its losses to trackio's local store."""
+    a stage's own override wins; a real SFT stage of the pipeline then logs its losses to trackio's local store,
+    and its evaluation to the same run."""
     import sqlite3
 
     from posttrain.pipeline import PipelineArguments, overrides_for
@@ -139,6 +140,7 @@ def test_report_to_tracks_every_stage_in_one_trackio_project(tmp_path, tiny_mode
         "name": "exp", "runs_dir": str(tmp_path), "report_to": "trackio", "stages": {"sft": "recipes/tiny/sft.yaml"},
         "stage_overrides": {"sft": {"model_name_or_path": str(tiny_model_dir), "max_steps": 2, "logging_steps": 1,
                                     "datasets": [{"name": "arithmetic", "split": "train", "rows": 16, "levels": [1]}]}},
+        "eval_datasets": [{"name": "arithmetic", "split": "test", "rows": 4, "levels": [1]}], "eval_max_new_tokens": 8,
     }
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(recipe))
@@ -147,3 +149,5 @@ def test_report_to_tracks_every_stage_in_one_trackio_project(tmp_path, tiny_mode
     rows = sqlite3.connect(tmp_path / "trackio" / "exp.db").execute("select run_name, metrics from metrics").fetchall()
     assert {name for name, _ in rows} == {"sft"}
     assert sum("train/loss" in json.loads(metrics) for _, metrics in rows) == 2
+    [evaluation] = [json.loads(metrics) for _, metrics in rows if "eval/think/accuracy" in json.loads(metrics)]
+    assert 0.0 <= evaluation["eval/no_think/L1/accuracy"] <= 1.0 and evaluation["eval/think/tokens"] <= 8
