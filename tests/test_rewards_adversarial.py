@@ -94,12 +94,13 @@ def SLOW(text: str) -> bool:
 
 
 GOLDS = ["7", "\\frac{1}{2}", "1,234", "42", 7, None, "", "{", "\\frac{1}{", "9^{9^{9^{9}}}", "x" * 5000, float("nan")]
-MODES = ["think", "no_think", "/think", None, "", "THINK", 3, "both"]
+MODES = ["think", "no_think", "/think", "auto_think", None, "", "THINK", 3, "both"]
 PARAMS = {
     "accuracy": {"timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
     "cosine_accuracy": {"max_length": 4096, "timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
     "soft_overlong": {"max_length": 4096, "cache_length": 512},
     "gym_accuracy": {"timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
+    "adaptive_accuracy": {"timeout": TIMEOUT, "batch_timeout": BATCH_TIMEOUT},
 }
 # Rewards whose scorer sticks in C code on some hostile rows (sympy's parse_expr on `1e999999` ignores signals): each
 # such row costs the pool a worker, killed and restarted cold, and the rest of that worker's chunk, so in a batch of
@@ -139,6 +140,7 @@ def test_every_registered_reward_survives_1000_hostile_completions():
         "tag_count": [normalize_mode(m) is None for m in modes],
         "reasoning_steps": [normalize_mode(m) != "think" for m in modes],
         "gym_accuracy": [False] * N,
+        "adaptive_accuracy": [gold_may_be_none(g) for g in answers],
     }
     assert set(none_ok) == set(REWARDS), "a new reward needs its None rule here"
     correct_rows = range(0, N, CORRECT_EVERY)
