@@ -261,7 +261,7 @@ def evaluate_stage(args: PipelineArguments, stage: str, out: Path, eval_prompts,
     if previous_model and (Path(previous_model) / "eval.json").is_file():
         result["length_drift"] = length_drift(result, load_baseline(Path(previous_model) / "eval.json"), 1.5)
     (out / "eval.json").write_text(json.dumps(result, indent=2))
-    if "trackio" in args.report_to.split(","):
+    if "trackio" in str(overrides_for(args, stage).get("report_to", "")).split(","):  # a stage's own override wins
         track_eval(args.name, stage, result)
 
 
