@@ -17,6 +17,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 EMPTY_THINK = "<think>\n\n</think>\n"  # what /no_think turns and generation prompts start with
 MODES = ("think", "no_think")  # the manual switch: every stage's mixture and every evaluation covers both
 AUTO_MODE = "auto_think"  # adaptive: the model decides, an empty think block being its direct answer
+ALL_MODES = (*MODES, AUTO_MODE)
 
 
 def mode_system_message(mode: str) -> dict:

@@ -92,7 +92,8 @@ def eval_floor(metric: str, arm_mean: float, baseline_mean: float, n: int | None
 def paired(arm: dict[int, float], baseline: dict[int, float], metric: str, n: int | None = None) -> dict:
     """The arm minus the baseline on the seeds both ran: mean difference, 95% t interval over seeds, the
     evaluation's noise floor (`eval_floor`, `n` questions per evaluation), verdict."""
-    diffs = [arm[s] - baseline[s] for s in sorted(arm) if s in baseline]
+    shared = [s for s in sorted(arm) if s in baseline]
+    diffs = [arm[s] - baseline[s] for s in shared]
     if not diffs:
         return {"diff": None, "ci": None, "seeds": 0, "verdict": "no shared seed"}
     mean, sd = _mean_sd(diffs)
@@ -102,9 +103,10 @@ def paired(arm: dict[int, float], baseline: dict[int, float], metric: str, n: in
     half = t * sd / math.sqrt(len(diffs))
     up, down = {"tokens": ("longer", "shorter"), **dict.fromkeys(LOWER_IS_BETTER, ("worse", "better"))}.get(
         metric.rpartition("/")[2], ("better", "worse"))
-    shared = [s for s in sorted(arm) if s in baseline]
-    floor = eval_floor(metric, sum(arm[s] for s in shared) / len(shared), sum(baseline[s] for s in shared) / len(shared), n)
-    verdict = "within noise" if abs(mean) <= floor else up if mean - half > 0 else down if mean + half < 0 else "within noise"
+    floor = eval_floor(metric, sum(arm[s] for s in shared) / len(shared),
+                       sum(baseline[s] for s in shared) / len(shared), n)
+    beyond = abs(mean) > floor  # the evaluation's own noise, which the seeds' interval does not see
+    verdict = up if beyond and mean - half > 0 else down if beyond and mean + half < 0 else "within noise"
     return {"diff": mean, "ci": [mean - half, mean + half], "eval_floor": floor, "seeds": len(diffs), "verdict": verdict}
 
 

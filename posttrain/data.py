@@ -58,7 +58,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from common.errors import UserError
-from common.template import AUTO_MODE, MODES, THINK_CLOSE, THINK_OPEN, mode_system_message
+from common.template import ALL_MODES, AUTO_MODE, MODES, THINK_CLOSE, THINK_OPEN, mode_system_message
 from posttrain import task
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,6 @@ PREFERENCE = Features(
     {"prompt": List(TURN), "chosen": List(TURN), "rejected": List(TURN), "mode": Value("string"), **WHERE}
 )
 # `gym`: for reasoning-gym rows, the JSON of how to rebuild the entry its own scorer reads (rewards.gym); else "".
-ROW_MODES = (*MODES, AUTO_MODE)  # a prompt row may also be /auto_think (the model decides)
-
 PROMPT = Features(
     {"prompt": List(MESSAGE), "answer": Value("string"), "mode": Value("string"), "level": Value("int64"),
      "source": Value("string"), "gym": Value("string"), **WHERE}
@@ -194,7 +192,7 @@ def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource
         check("task", is_text, "a reasoning-gym task name")
         check("options", lambda v: isinstance(v, dict), "a mapping of the task's settings")
         check("level", lambda v: is_int(v) and v >= 0, "a non-negative integer")
-        check("mode", lambda v: v in ROW_MODES, " | ".join(ROW_MODES))
+        check("mode", lambda v: v in ALL_MODES, " | ".join(ALL_MODES))
         if name == "reasoning_gym":
             for key in ("path", "config", "split", "levels"):
                 if key in spec:
@@ -807,7 +805,7 @@ def _user_prompts(source: DatasetSource) -> Iterator[dict]:
     for where, row in read_rows(source):
         prompt = [{"role": t["role"], "content": t["content"]} for t in _prompt_field(row, where, reserved_system=True)]
         yield _prompt_row(where, prompt, _string(row, where, "answer"), 0, Path(source.path).stem,
-                          _mode(row, where, ROW_MODES))
+                          _mode(row, where, ALL_MODES))
 
 
 # ----------------------------------------------------------------------------------------------- loaders
@@ -905,7 +903,7 @@ def drop_overlong(dataset: Dataset, tokenizer, max_length: int, policy: str = "d
     Returns (dataset, rows dropped per mode)."""
     if policy not in ("drop", "error"):
         raise DataError(f"recipe key 'overlong_policy': must be drop or error, got {policy!r}")
-    keep, dropped, total = [], dict.fromkeys(ROW_MODES, 0), dict.fromkeys(ROW_MODES, 0)
+    keep, dropped, total = [], dict.fromkeys(ALL_MODES, 0), dict.fromkeys(ALL_MODES, 0)
     for i, row in enumerate(dataset):
         n, field = _rendered_length(row, tokenizer)
         total[row["mode"]] += 1
@@ -979,7 +977,7 @@ def stage_dataset(name: str, kind: str, script, tokenizer, *, seed: int,
 def rows_per_mode(dataset: Dataset) -> dict[str, int]:
     """Rows per mode: think and no_think always, auto_think when there are such rows (prompts only)."""
     counts = Counter(dataset["mode"]) if len(dataset) else Counter()
-    return {mode: counts.get(mode, 0) for mode in ROW_MODES if mode in MODES or counts.get(mode)}
+    return {mode: counts.get(mode, 0) for mode in ALL_MODES if mode in MODES or counts.get(mode)}
 
 
 def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) -> None:

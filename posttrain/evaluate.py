@@ -38,7 +38,7 @@ from datasets import Dataset
 
 from common.errors import UserError
 from common.recipe import help_requested, parse_recipe
-from common.template import AUTO_MODE, EOS_TOKEN, MODES, attach_template, mode_system_message
+from common.template import ALL_MODES, AUTO_MODE, EOS_TOKEN, MODES, attach_template, mode_system_message
 from common.tokenizers import load_pretrained_tokenizer
 from posttrain import fidelity
 
@@ -361,10 +361,9 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
                         "think_rate": _share(thought[i] for i in index)}
                 for (m, level), index in sorted(by_level.items()) if m == mode}
 
-    every_mode = (*MODES, AUTO_MODE)
-    modes = {mode: {**summary(by_mode[mode]), "by_level": levels(mode)} for mode in every_mode if mode in by_mode}
+    modes = {mode: {**summary(by_mode[mode]), "by_level": levels(mode)} for mode in ALL_MODES if mode in by_mode}
     sources = {
-        source: {mode: summary(by_source[source, mode]) for mode in every_mode if (source, mode) in by_source}
+        source: {mode: summary(by_source[source, mode]) for mode in ALL_MODES if (source, mode) in by_source}
         for source in sorted({source for source, _ in by_source})
     }
     samples = [
@@ -525,7 +524,7 @@ def main(argv):
     baseline = load_baseline(args.baseline) if args.baseline else None
     if args.length_drift_warn <= 1:
         raise UserError(f"recipe key 'length_drift_warn': must be > 1, got {args.length_drift_warn}")
-    if not args.modes or len(set(args.modes)) < len(args.modes) or set(args.modes) - {*MODES, AUTO_MODE}:
+    if not args.modes or len(set(args.modes)) < len(args.modes) or set(args.modes) - set(ALL_MODES):
         raise UserError(f"recipe key 'modes': expected distinct modes among think, no_think, {AUTO_MODE}; "
                         f"got {args.modes!r}")
     prompts, skipped = load_eval_prompts(args.datasets, seed=args.seed, modes=args.modes)

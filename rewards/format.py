@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from common.template import AUTO_MODE, MODES, THINK_CLOSE, THINK_OPEN
+from common.template import ALL_MODES, AUTO_MODE, THINK_CLOSE, THINK_OPEN
 
 # /no_think answers must not open with a reasoning preamble. Deliberately a short, literal list of openers
 # (matched case-insensitively at the start of the stripped completion): a heuristic that catches the common
@@ -65,7 +65,7 @@ def normalize_mode(mode) -> str | None:
     if not isinstance(mode, str):
         return None
     mode = mode.strip().lower().lstrip("/")
-    return mode if mode in (*MODES, AUTO_MODE) else None
+    return mode if mode in ALL_MODES else None
 
 
 def decide(text: str) -> tuple[str, str]:
