@@ -151,6 +151,31 @@ def test_midtrain_packs_documents_with_restarting_positions_and_no_cross_attenti
     AutoModelForCausalLM.from_pretrained(tmp_path / "m", use_safetensors=True)
 
 
+def test_padding_free_sft_trains_the_padded_losses_and_still_drops_overlong_rows(tmp_path, tiny_model_dir):
+    rows = tmp_path / "rows.jsonl"
+    with rows.open("w") as fh:
+        for i in range(9):  # 16 short rows in both modes and one /think row longer than max_length
+            for mode in ("no_think", "think"):
+                reasoning = ("step " * 400 if i == 8 else f"{i} plus {i}") if mode == "think" else None
+                if i == 8 and mode == "no_think":
+                    continue
+                reply = {"role": "assistant", "content": str(2 * i), "reasoning_content": reasoning}
+                fh.write(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}?"}, reply], "mode": mode}) + "\n")
+    losses = {}
+    for padding_free in (False, True):
+        argv = _argv(tmp_path, f"pf{padding_free}", model_name_or_path=str(tiny_model_dir), max_length=300,
+                     datasets=[{"name": "messages", "path": str(rows)}], padding_free=padding_free)
+        run = sft.build("sft", *_parse(sft, argv))
+        assert len(run.trainer.train_dataset) == 16 and run.record["data"]["dropped_per_mode"]["think"] == 1
+        batch = next(iter(run.trainer.get_train_dataloader()))
+        assert ("attention_mask" in batch) != padding_free
+        run.trainer.train()
+        losses[padding_free] = [log["loss"] for log in run.trainer.state.log_history if "loss" in log]
+        run.out.abandon()
+    # padding-free batches are one flat row with restarting positions: block-diagonal attention, the same loss
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
 # --------------------------------------------------------------------------------------- output discipline
 
 
