@@ -4,8 +4,7 @@
 
 1. Non-padding token fraction of real collated batches from SFTTrainer: BFD packing (padding-free, one flattened
    row per batch) vs TRL's default padding to the longest row; plus how full BFD fills its `max_length` bins.
-2. Rows per second of the same SFT step with BFD packing (padding-free bins), with `padding_free` alone (each
-   batch of rows flattened as it comes) and with padding, one change at a time.
+2. Rows per second of the same SFT step with BFD packing (padding-free) vs padding, one change at a time.
 3. Seconds per step of `posttrain sft` (`posttrain.sft.build`: recipe parsing, CPU defaults, data adapters,
    overlong-row checks) vs the same SFTTrainer configured by hand on the same rows, same seed; the two are timed
    in alternating rounds and each side's fastest round is compared, so load from other processes on a shared
@@ -128,7 +127,6 @@ def main():
         "trl": lambda: by_hand(args.steps),
         "packed": lambda: posttrain_trainer(args.steps, "time", packing="true",
                                             per_device_train_batch_size=packed_batch),
-        "padding_free": lambda: posttrain_trainer(args.steps, "time", padding_free="true"),
     }
     times = {name: [] for name in makers}
     for round_ in range(args.rounds):
@@ -148,7 +146,6 @@ def main():
         "padded_tokens_per_batch": padded["tokens_per_batch"], "padded_rows_per_batch": padded["rows_per_batch"],
         "padded_rows_per_s": round(padded["rows_per_batch"] / posttrain_s, 1),
         "packed_rows_per_s": round(packed["rows_per_batch"] / min(times["packed"]), 1),
-        "padding_free_rows_per_s": round(padded["rows_per_batch"] / min(times["padding_free"]), 1),
         "posttrain_s_per_step": round(posttrain_s, 4), "trl_s_per_step": round(trl_s, 4),
         "posttrain_vs_trl_step_time_ratio": round(posttrain_s / trl_s, 4),
         "rounds_s_per_step": times, "batch": args.batch, "steps_per_round": args.steps,
