@@ -152,15 +152,14 @@ def test_midtrain_packs_documents_with_restarting_positions_and_no_cross_attenti
 
 
 def test_padding_free_sft_trains_the_padded_losses_and_still_drops_overlong_rows(tmp_path, tiny_model_dir):
+    def row(i, mode, reasoning):
+        reply = {"role": "assistant", "content": str(2 * i), "reasoning_content": reasoning}
+        return json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}?"}, reply], "mode": mode}) + "\n"
+
+    # 16 short rows in both modes and one /think row longer than max_length
+    lines = [row(i, "no_think", None) + row(i, "think", f"{i} plus {i}") for i in range(8)]
     rows = tmp_path / "rows.jsonl"
-    with rows.open("w") as fh:
-        for i in range(9):  # 16 short rows in both modes and one /think row longer than max_length
-            for mode in ("no_think", "think"):
-                reasoning = ("step " * 400 if i == 8 else f"{i} plus {i}") if mode == "think" else None
-                if i == 8 and mode == "no_think":
-                    continue
-                reply = {"role": "assistant", "content": str(2 * i), "reasoning_content": reasoning}
-                fh.write(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}?"}, reply], "mode": mode}) + "\n")
+    rows.write_text("".join(lines) + row(8, "think", "step " * 400))
     losses = {}
     for padding_free in (False, True):
         argv = _argv(tmp_path, f"pf{padding_free}", model_name_or_path=str(tiny_model_dir), max_length=300,
