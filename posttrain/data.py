@@ -130,7 +130,7 @@ class DatasetSource:
     seed: int | None = None
     task: str | None = None  # reasoning_gym: the generator's name (basic_arithmetic, chain_sum, countdown, ...)
     options: dict | None = None  # reasoning_gym: the generator's settings (its difficulty), e.g. {max_digits: 3}
-    level: int = 0  # reasoning_gym: the difficulty level these rows are reported under (0: none)
+    level: int | None = None  # reasoning_gym: the difficulty level these rows are reported under (None: none)
     mode: str | None = None  # prompt sources: every row in this mode (think, no_think, auto_think), not mixed
 
     @property
@@ -186,8 +186,8 @@ def parse_dataset_sources(sources, allowed: Iterable[str]) -> list[DatasetSource
         check("config", is_text, "a dataset configuration name")
         check("rows", lambda v: is_int(v) and v > 0, "a positive integer")
         check("weight", lambda v: (is_int(v) or isinstance(v, float)) and v > 0, "a positive number")
-        check("levels", lambda v: isinstance(v, list) and v and all(is_int(x) and 1 <= x <= task.MAX_LEVEL for x in v),
-              f"a list of levels (1..{task.MAX_LEVEL})")
+        check("levels", lambda v: isinstance(v, list) and v and all(is_int(x) and 0 <= x <= task.MAX_LEVEL for x in v),
+              f"a list of levels (0..{task.MAX_LEVEL})")
         check("seed", is_int, "an integer")
         check("task", is_text, "a reasoning-gym task name")
         check("options", lambda v: isinstance(v, dict), "a mapping of the task's settings")
@@ -587,9 +587,10 @@ Adapter = Callable[[DatasetSource], Iterable[dict]]
 def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: int) -> Dataset:
     parts = []
     for source in parse_dataset_sources(sources, adapters):
-        if source.mode and features is not PROMPT:
-            raise DataError(f"{source.label}: key 'mode' fixes the mode of prompt sources (rlvr, eval) only; "
-                            "conversations and preferences take theirs from each row")
+        if source.mode and features is not PROMPT and not (features is CONVERSATION and source.mode == AUTO_MODE):
+            raise DataError(f"{source.label}: key 'mode' fixes the mode of prompt sources (rlvr, eval), and makes "
+                            "conversations auto_think; conversations and preferences take /think or /no_think from "
+                            "each row")
         rows = [{key: row.get(key) for key in features} for row in adapters[source.name](source)]  # absent: None
         for row in rows if source.mode else []:
             row["mode"] = source.mode
@@ -610,6 +611,17 @@ def _with_modes(ds: Dataset, no_think_fraction: float, seed: int) -> Dataset:
 
 def _drop_reasoning(turns: list[dict], think: bool) -> list[dict]:
     return turns if think else [{**t, "reasoning_content": None} for t in turns]
+
+
+def _auto_think_turns(turns: list[dict], think: bool) -> list[dict]:
+    """An /auto_think conversation showing one of the two choices: its reasoning kept (it thinks) or dropped (the
+    template writes the empty think block: it answers directly). The flag goes in the system message, added when
+    the row has none and replacing a /think or /no_think flag there (the source's mode wins)."""
+    turns = _drop_reasoning(turns, think)
+    if turns[0]["role"] != "system":
+        return [mode_system_message(AUTO_MODE), *turns]
+    text = turns[0]["content"].replace("/no_think", "").replace("/think", "").rstrip()
+    return [{**turns[0], "content": f"{text} /{AUTO_MODE}".lstrip()}, *turns[1:]]
 
 
 # -------------------------------------------------------------------------------------------- adapters
@@ -758,7 +770,7 @@ def _user_pairs(source: DatasetSource) -> Iterator[dict]:
         yield {"prompt": prompt, "chosen": chosen, "rejected": rejected, "mode": mode, "where": where}
 
 
-def _prompt_row(where: str, prompt: str | list[dict], answer: str, level: int, source: str,
+def _prompt_row(where: str, prompt: str | list[dict], answer: str, level: int | None, source: str,
                 mode: str | None = None, gym: str = "") -> dict:
     """A prompt row before its mode is known; a string prompt is one user turn."""
     if isinstance(prompt, str):
@@ -774,12 +786,12 @@ def _arithmetic_prompts(source: DatasetSource, seed: int) -> Iterator[dict]:
 
 def _gsm8k_prompts(source: DatasetSource) -> Iterator[dict]:
     for where, question, _, answer in _gsm8k_rows(source):
-        yield _prompt_row(where, question, answer, 0, "gsm8k")
+        yield _prompt_row(where, question, answer, None, "gsm8k")
 
 
 def _math500_prompts(source: DatasetSource) -> Iterator[dict]:
     for where, row in read_rows(source):
-        yield _prompt_row(where, _string(row, where, "problem"), _string(row, where, "answer"), 0, "math500")
+        yield _prompt_row(where, _string(row, where, "problem"), _string(row, where, "answer"), None, "math500")
 
 
 def _gym_prompts(source: DatasetSource, seed: int) -> Iterator[dict]:
@@ -816,7 +828,11 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
     """SFT / mid-training rows: `messages`, `mode`, `where`, `chat_template_kwargs` (`enable_thinking`, and the
     row's own `xml_tools`, `python_tools`, `custom_instructions` or None). Sources: arithmetic, gsm8k, messages
     (user rows with `messages`: optional `reasoning_content` or `<think>` blocks in assistant turns, assistant
-    `tool_calls` and `tool` results; optional `mode`, tools and instructions, see `_conversation_kwargs`)."""
+    `tool_calls` and `tool` results; optional `mode`, tools and instructions, see `_conversation_kwargs`).
+
+    A source with `mode: auto_think` gives /auto_think rows (`_auto_think_turns`), a seeded `no_think_fraction`
+    of them answering directly and the rest thinking, whatever the problem: they teach the adaptive mode's two
+    formats, and RLVR (`adaptive_accuracy`) then teaches which one pays on which problem."""
     _check_fraction(no_think_fraction)
     adapters = {
         "arithmetic": functools.partial(_arithmetic_conversations, seed=seed),
@@ -825,13 +841,16 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
     }
     ds = _with_modes(_combine(sources, adapters, CONVERSATION, seed), no_think_fraction, seed)
     _check_think_reasoning(ds, allow_think_without_reasoning)
+    auto = [i for i, mode in enumerate(ds["mode"]) if mode == AUTO_MODE]
+    direct = set(random.Random(f"{seed}/{AUTO_MODE}").sample(auto, round(no_think_fraction * len(auto))))
 
-    def render(row):
-        think = row["mode"] == "think"
+    def render(row, i):
+        think = row["mode"] == "think" or (row["mode"] == AUTO_MODE and i not in direct)
         kwargs = {**(row["chat_template_kwargs"] or {}), "enable_thinking": think}
-        return {"messages": _drop_reasoning(row["messages"], think), "chat_template_kwargs": kwargs}
+        turns = _auto_think_turns if row["mode"] == AUTO_MODE else _drop_reasoning
+        return {"messages": turns(row["messages"], think), "chat_template_kwargs": kwargs}
 
-    return ds.map(render, features=CONVERSATION)
+    return ds.map(render, with_indices=True, features=CONVERSATION)
 
 
 def load_preferences(sources, *, no_think_fraction: float, seed: int,
@@ -862,7 +881,7 @@ def load_preferences(sources, *, no_think_fraction: float, seed: int,
 
 def load_prompts(sources, *, no_think_fraction: float, seed: int) -> Dataset:
     """RLVR and evaluation prompts: `prompt` (a system message that is exactly "/think", "/no_think" or "/auto_think",
-    then the question), `answer` (gold, str), `mode`, `level` (arithmetic level, 0 otherwise), `source`.
+    then the question), `answer` (gold, str), `mode`, `level` (arithmetic level, None otherwise), `source`.
     `gym` (see PROMPT). Sources: arithmetic, gsm8k, math500 (`problem`, `answer`), reasoning_gym (generated by
     the `reasoning-gym` package), prompts (user jsonl)."""
     _check_fraction(no_think_fraction)
@@ -967,7 +986,8 @@ def stage_dataset(name: str, kind: str, script, tokenizer, *, seed: int,
     counts = rows_per_mode(dataset)
     limit = "max_prompt_length" if kind == "prompts" else "max_length"
     logger.info("%s: rows per mode %s; dropped as longer than %s=%s: %s", name, counts, limit, max_length, dropped)
-    require_modes(counts, script.no_think_fraction, f"{name} datasets")
+    if any(counts[m] or (dropped or {}).get(m) for m in MODES) or not counts.get(AUTO_MODE):  # not all /auto_think
+        require_modes(counts, script.no_think_fraction, f"{name} datasets")
     record = {"fingerprint": dataset_fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped}
     if kind != "prompts":
         record["think_without_reasoning"] = sum(bool(think_without_reasoning(row)) for row in dataset)
@@ -975,7 +995,7 @@ def stage_dataset(name: str, kind: str, script, tokenizer, *, seed: int,
 
 
 def rows_per_mode(dataset: Dataset) -> dict[str, int]:
-    """Rows per mode: think and no_think always, auto_think when there are such rows (prompts only)."""
+    """Rows per mode: think and no_think always, auto_think when there are such rows."""
     counts = Counter(dataset["mode"]) if len(dataset) else Counter()
     return {mode: counts.get(mode, 0) for mode in ALL_MODES if mode in MODES or counts.get(mode)}
 

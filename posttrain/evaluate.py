@@ -301,7 +301,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     continuation, by_level}}, "by_source": {source: {mode: {the same but by_level}}},
     "samples": [...]}. `accuracy` is over rows whose gold answer parses (`unscored` counts the others; None
     when none does); `mode_adherence` is the share the format reward passes among completions that ended
-    before the token budget; `truncated` is the share that hit the budget; `by_level` holds levels >= 1 (level 0 means "no level": GSM8K, MATH-500).
+    before the token budget; `truncated` is the share that hit the budget; `by_level` holds the rows that have a level (GSM8K and MATH-500 rows have none).
     `accuracy_se` and `pass_at_k`: see `_spread` (rows of one question asked several times, sampled, share
     its `where` and text). Mode fidelity (posttrain.fidelity): `leak` is the share of /no_think completions that reason (None under
     /think), `empty_think` the share of /think ones with no reasoning (None under /no_think), `continuation` the
@@ -352,7 +352,7 @@ def score(completions: Sequence[str], rows: Sequence[dict], *, num_tokens: Seque
     for i, row in enumerate(rows):
         by_mode[row["mode"]].append(i)
         by_source[row["source"], row["mode"]].append(i)
-        if row["level"] >= 1:
+        if row["level"] is not None:
             by_level[row["mode"], row["level"]].append(i)
 
     def levels(mode: str) -> dict:

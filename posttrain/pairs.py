@@ -63,7 +63,7 @@ def question_rows(conversations) -> tuple[list[dict], list[dict]]:
         *history, reference = row["messages"]
         prompt = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] != "system"]
         prompts.append({"prompt": [mode_system_message(row["mode"]), *prompt], "answer": reference["content"],
-                        "mode": row["mode"], "level": 0, "source": "pairs", "gym": "", "where": row["where"]})
+                        "mode": row["mode"], "level": None, "source": "pairs", "gym": "", "where": row["where"]})
         references.append({"role": "assistant", "content": reference["content"],
                            "reasoning_content": reference["reasoning_content"]})
     return prompts, references

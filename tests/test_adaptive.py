@@ -91,5 +91,58 @@ def test_a_fixed_mode_is_for_prompt_sources_only():
     assert [row["prompt"][0] for row in prompts] == [{"role": "system", "content": "/auto_think"}] * 3
     with pytest.raises(UserError, match="'mode' fixes the mode of prompt sources"):
         data.load_conversations([{"name": "arithmetic", "rows": 3, "mode": "no_think"}], no_think_fraction=0.5, seed=0)
+    with pytest.raises(UserError, match="'mode' fixes the mode of prompt sources"):
+        data.load_preferences([{"name": "arithmetic", "rows": 3, "mode": "auto_think"}], no_think_fraction=0.5, seed=0)
     with pytest.raises(UserError, match=r"datasets\[0\]\.mode: must be think \| no_think \| auto_think"):
         data.load_prompts([{"name": "arithmetic", "rows": 3, "mode": "auto"}], no_think_fraction=0.5, seed=0)
+
+
+def test_auto_think_conversations_show_both_choices_and_train_on_the_decision(tiny_tokenizer, tmp_path):
+    """An auto_think SFT source: every row flagged /auto_think, `no_think_fraction` of them answering directly
+    whatever the level, the rest thinking; the loss mask covers the think block, empty or not (the decision
+    tokens); a user row's own /no_think flag gives way to the source's mode; manual rows mix as before."""
+    import json
+
+    from posttrain import data
+
+    sources = [{"name": "arithmetic", "rows": 40, "levels": [0, 3], "mode": "auto_think"},
+               {"name": "arithmetic", "rows": 20, "levels": [1]}]
+    rows = data.load_conversations(sources, no_think_fraction=0.25, seed=0)
+    assert data.rows_per_mode(rows) == {"think": 15, "no_think": 5, "auto_think": 40}
+    auto = [row for row in rows if row["mode"] == "auto_think"]
+    assert all(row["messages"][0] == {"role": "system", "content": "/auto_think", "reasoning_content": None,
+                                      "tool_calls": None} for row in auto)
+    direct = [row for row in auto if row["messages"][-1]["reasoning_content"] is None]
+    assert len(direct) == 10  # a quarter, across both levels
+    assert {len(row["messages"][1]["content"]) < 20 for row in direct} == {True, False}  # levels 0 and 3 both
+
+    for row, starts in ((direct[0], "<think>\n\n</think>\n\\boxed{"), (auto[auto.index(next(
+            r for r in auto if r["messages"][-1]["reasoning_content"]))], "<think>\n")):
+        out = tiny_tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                                 return_assistant_tokens_mask=True, **row["chat_template_kwargs"])
+        trained = tiny_tokenizer.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+        assert "Reasoning Mode: /auto_think" in tiny_tokenizer.decode(out["input_ids"])
+        assert trained.startswith(starts) and trained.endswith("<|im_end|>"), trained
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief. /no_think"},
+                                             {"role": "user", "content": "2+2?"},
+                                             {"role": "assistant", "content": "4"}]}) + "\n")
+    row = data.load_conversations([{"name": "messages", "path": str(chat), "mode": "auto_think"}],
+                                  no_think_fraction=0.0, seed=0)[0]
+    assert row["mode"] == "auto_think" and row["messages"][0]["content"] == "Be brief. /auto_think"
+
+
+def test_a_stage_may_train_auto_think_alone_but_not_lose_a_manual_mode():
+    """All-/auto_think prompts are a whole mixture (the model picks the mode); a mixture with manual rows still
+    fails when one of its modes is empty."""
+    from common.errors import UserError
+    from posttrain import data
+
+    def script(**source):
+        return SimpleNamespace(datasets=[{"name": "arithmetic", "rows": 4, **source}], no_think_fraction=0.5)
+
+    rows, record = data.stage_dataset("rlvr", "prompts", script(mode="auto_think"), None, seed=0, max_length=None)
+    assert len(rows) == 4 and record["rows_per_mode"] == {"think": 0, "no_think": 0, "auto_think": 4}
+    with pytest.raises(UserError, match="no no_think rows left"):
+        data.stage_dataset("rlvr", "prompts", script(mode="think"), None, seed=0, max_length=None)

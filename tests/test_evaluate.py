@@ -42,13 +42,13 @@ def test_score_hand_written_completions():
         (_row("What is 2+3?", "5", "think", 1), THINK.format(r="2+3=5", a=5)),
         (_row("What is 20+30?", "50", "think", 2), THINK.format(r="20+30=40", a=40)),
         (_row("What is 21+30?", "51", "think", 2), "<think>\nso \\boxed{51}\n</think>\n"),
-        (_row("Ann has 3 pens...", "7", "think", 0, "gsm8k"), "The answer is \\boxed{7}."),
+        (_row("Ann has 3 pens...", "7", "think", None, "gsm8k"), "The answer is \\boxed{7}."),
         # /no_think: right, right but with a think block (not adherent), rambling until cut off by the token
         # budget (not adherent: no answer), gold that does not parse
         (_row("What is 2+3?", "5", "no_think", 1), "\\boxed{5}"),
         (_row("What is 20+30?", "50", "no_think", 2), "<think>\n20+30\n</think>\n\\boxed{50}"),
         (_row("What is 21+30?", "51", "no_think", 2), "15 15 15 15"),
-        (_row("Ann has 3 pens...", "\\frac{", "no_think", 0, "gsm8k"), "\\boxed{7}"),
+        (_row("Ann has 3 pens...", "\\frac{", "no_think", None, "gsm8k"), "\\boxed{7}"),
     ]
     rows, completions = zip(*rows_and_completions)
     num_tokens = [10, 20, 30, 40, 1, 2, 3, 4]
@@ -63,7 +63,7 @@ def test_score_hand_written_completions():
     assert (think["mean_tokens"], no_think["mean_tokens"]) == (25.0, 2.5)
     assert (think["truncated"], no_think["truncated"], think["n"], no_think["n"]) == (0.25, 0.25, 4, 4)
     level = lambda accuracy, n, tokens: {"accuracy": accuracy, "n": n, "mean_tokens": tokens, "think_rate": None}
-    assert think["by_level"] == {1: level(1.0, 1, 10.0), 2: level(0.0, 2, 25.0)}  # level 0: no level
+    assert think["by_level"] == {1: level(1.0, 1, 10.0), 2: level(0.0, 2, 25.0)}  # gsm8k: no level
     assert no_think["by_level"] == {1: level(1.0, 1, 1.0), 2: level(0.5, 2, 2.5)}
     assert result["by_source"]["gsm8k"]["think"]["accuracy"] == 1.0
     assert result["by_source"]["gsm8k"]["no_think"]["accuracy"] is None

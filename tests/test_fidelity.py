@@ -36,7 +36,7 @@ def test_question_continuation_repeats_the_question_or_asks_one():
 
 def _row(question, mode):
     return {"prompt": [{"role": "system", "content": f"/{mode}"}, {"role": "user", "content": question}],
-            "answer": "72", "mode": mode, "level": 0, "source": "gsm8k"}
+            "answer": "72", "mode": mode, "level": None, "source": "gsm8k"}
 
 
 def test_score_counts_fidelity_per_mode():

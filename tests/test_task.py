@@ -90,8 +90,11 @@ def test_levels_set_operand_lengths(problems):
         lo, hi = task.level_digits(p.level)
         a, _, b = arithmetic(p)
         assert lo <= len(str(a)) <= hi and lo <= len(str(b)) <= hi, p
-    with pytest.raises(UserError, match="level 0"):
-        task.generate("train", 5, levels=[0])
+    for p in task.generate("test", 200, levels=[0]):  # level 0: a 1-3 digit number plus or minus zero, held out
+        a, op, b = arithmetic(p)
+        assert b == 0 and 1 <= len(str(a)) <= 3 and p.answer == str(a) and task.split_of(a, op, b) == "test", p
+    with pytest.raises(UserError, match="level 9"):
+        task.generate("train", 5, levels=[9])
     with pytest.raises(UserError, match="split 'dev'"):
         task.generate("dev", 5)
 
