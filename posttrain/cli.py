@@ -15,6 +15,7 @@ COMMANDS = {
     "midtrain": ("posttrain.midtrain", "continued pretraining on distilled reasoning traces (packed)"),
     "sft": ("posttrain.sft", "supervised fine-tuning, assistant-only loss, /think + /no_think mixture"),
     "pairs": ("posttrain.pairs", "DPO pairs from a checkpoint's own mode violations (loops, broken formats)"),
+    "route": ("posttrain.route", "/auto_think SFT rows: think where the checkpoint's direct answer is wrong"),
     "dpo": ("posttrain.dpo", "preference optimization (DPO / APO) at ~0.1x the SFT learning rate"),
     "rlvr": ("posttrain.rlvr", "GRPO with verifiable rewards and length penalties"),
     "serve": ("posttrain.serve", "vLLM rollout server for `rlvr` (vllm_mode: server)"),

@@ -459,11 +459,12 @@ def _conversation_kwargs(row: dict, where: str) -> dict:
 
 def system_flag(turns: list[dict]) -> str | None:
     """The mode a first system message sets, read as the template reads it: "/no_think" anywhere in its text
-    wins, else "/think" anywhere; either overrides `enable_thinking`."""
+    wins, then "/auto_think", then "/think"; any overrides `enable_thinking`."""
     if not turns or turns[0]["role"] != "system":
         return None
     text = turns[0]["content"]
-    return "no_think" if "/no_think" in text else "think" if "/think" in text else None
+    flags = [mode for mode in ("no_think", AUTO_MODE, "think") if f"/{mode}" in text]
+    return flags[0] if flags else None
 
 
 def row_mode(row: dict, where: str, turns: list[dict], field: str, replies: list[tuple[str, dict]],
@@ -489,6 +490,8 @@ def row_mode(row: dict, where: str, turns: list[dict], field: str, replies: list
         if mode != said[0][1]:
             raise DataError(f"{where}: field '{label}': says /{mode}, but field '{said[0][0]}' says /{said[0][1]}")
     mode = said[0][1] if said else None
+    if mode == AUTO_MODE:  # the row shows its own choice: a reply with reasoning thinks, one without answers directly
+        return mode
     if mode == "no_think":
         for label, turn in replies:
             if turn["reasoning_content"]:
@@ -618,6 +621,8 @@ def _auto_think_turns(turns: list[dict], think: bool) -> list[dict]:
     template writes the empty think block: it answers directly). The flag goes in the system message, added when
     the row has none and replacing a /think or /no_think flag there (the source's mode wins)."""
     turns = _drop_reasoning(turns, think)
+    if system_flag(turns) == AUTO_MODE:
+        return turns
     if turns[0]["role"] != "system":
         return [mode_system_message(AUTO_MODE), *turns]
     text = turns[0]["content"].replace("/no_think", "").replace("/think", "").rstrip()
@@ -764,6 +769,8 @@ def _user_pairs(source: DatasetSource) -> Iterator[dict]:
         if chosen == rejected:
             raise DataError(f"{where}: field 'rejected': same as 'chosen'")
         mode = row_mode(row, where, prompt, "prompt", [("chosen[0]", chosen[0])]) or "think"
+        if mode == AUTO_MODE:
+            raise DataError(f"{where}: field 'prompt[0].content': /auto_think preference rows are not supported")
         if mode == "no_think" and rejected[0]["reasoning_content"]:  # the template ignores reasoning_content here
             reasoning, answer = rejected[0]["reasoning_content"], rejected[0]["content"]
             rejected = [_turn("assistant", f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{answer}")]
@@ -832,7 +839,8 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
 
     A source with `mode: auto_think` gives /auto_think rows (`_auto_think_turns`), a seeded `no_think_fraction`
     of them answering directly and the rest thinking, whatever the problem: they teach the adaptive mode's two
-    formats, and RLVR (`adaptive_accuracy`) then teaches which one pays on which problem."""
+    formats. A user row whose system message says /auto_think keeps its own choice (its reply reasons or not):
+    `posttrain route` writes such rows, choosing by what the checkpoint answers right without thinking."""
     _check_fraction(no_think_fraction)
     adapters = {
         "arithmetic": functools.partial(_arithmetic_conversations, seed=seed),
@@ -841,7 +849,8 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
     }
     ds = _with_modes(_combine(sources, adapters, CONVERSATION, seed), no_think_fraction, seed)
     _check_think_reasoning(ds, allow_think_without_reasoning)
-    auto = [i for i, mode in enumerate(ds["mode"]) if mode == AUTO_MODE]
+    # /auto_think rows that did not flag it themselves (a source's `mode`) show a seeded choice; flagged ones their own
+    auto = [i for i, row in enumerate(ds) if row["mode"] == AUTO_MODE and system_flag(row["messages"]) != AUTO_MODE]
     direct = set(random.Random(f"{seed}/{AUTO_MODE}").sample(auto, round(no_think_fraction * len(auto))))
 
     def render(row, i):

@@ -28,15 +28,52 @@ logger = logging.getLogger("posttrain")
 
 
 @dataclass
-class PairsArguments(evaluate.GenerationArguments):
-    """`posttrain pairs` recipe keys (generation keys as in `posttrain eval`)."""
+class AskArguments(evaluate.GenerationArguments):
+    """The keys of a command that asks a checkpoint the questions of conversation sources and writes jsonl rows
+    from its answers (`posttrain pairs`, `posttrain route`); generation keys as in `posttrain eval`."""
 
-    output: str = field(default="", metadata={"help": "The pairs file to write (jsonl; replaced atomically)."})
+    output: str = field(default="", metadata={"help": "The rows file to write (jsonl; replaced atomically)."})
     datasets: list[dict] = field(
         default_factory=lambda: [{"name": "arithmetic", "split": "train", "rows": 100}],
         metadata={"help": "Conversation sources (posttrain.data: arithmetic, gsm8k, messages) whose last "
-                  "assistant turn is the chosen answer; their questions are asked in the row's mode."},
+                  "assistant turn (with its reasoning) is the data's answer to the question before it."},
     )
+
+
+def parse_ask(argv, arguments: type, command: str):
+    """The recipe of an `AskArguments` command, its output named and its checkpoint checked; None for --help."""
+    if help_requested(argv, [arguments], command):
+        return None
+    (args,) = parse_recipe([arguments], argv)
+    if not args.output:
+        raise UserError("missing required recipe key 'output' (the rows file to write)")
+    evaluate.check_checkpoint(args.model_name_or_path)
+    return args
+
+
+def ask(args: AskArguments, prompts: list[dict]) -> dict:
+    """`evaluate.evaluate` on prompt rows with the recipe's generation keys, every sample kept."""
+    from datasets import Dataset
+
+    from posttrain import data
+
+    return evaluate.evaluate(args.model_name_or_path, Dataset.from_list(prompts, features=data.PROMPT),
+                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             num_threads=args.num_threads, backend=args.backend, num_samples=len(prompts),
+                             sampling=args.sampling())
+
+
+def write_rows(output: str, rows: list[dict]) -> None:
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+@dataclass
+class PairsArguments(AskArguments):
+    """`posttrain pairs` recipe keys: the data's answer is the chosen side; each question is asked in its row's
+    mode."""
+
     no_think_fraction: float = field(
         default=0.0, metadata={"help": "Share of the questions asked under /no_think (where a think block is the "
                                "violation); the rest under /think, where an unclosed or missing one is."},
@@ -79,27 +116,17 @@ def violation_pairs(prompts: list[dict], references: list[dict], samples: list[d
 
 
 def main(argv):
-    from datasets import Dataset
-
     from posttrain import data
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if help_requested(argv, [PairsArguments], "posttrain pairs"):
+    args = parse_ask(argv, PairsArguments, "posttrain pairs")
+    if args is None:
         return 0
-    (args,) = parse_recipe([PairsArguments], argv)
-    if not args.output:
-        raise UserError("missing required recipe key 'output' (the pairs file to write)")
-    evaluate.check_checkpoint(args.model_name_or_path)
     conversations = data.load_conversations(args.datasets, no_think_fraction=args.no_think_fraction, seed=args.seed)
     prompts, references = question_rows(conversations)
-    result = evaluate.evaluate(args.model_name_or_path, Dataset.from_list(prompts, features=data.PROMPT),
-                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                               num_threads=args.num_threads, backend=args.backend, num_samples=len(prompts),
-                               sampling=args.sampling())
+    result = ask(args, prompts)
     pairs = violation_pairs(prompts, references, result["samples"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
+    write_rows(args.output, pairs)
     asked = {mode: stats["n"] for mode, stats in result["modes"].items()}
     broken = {mode: sum(p["mode"] == mode for p in pairs) for mode in asked}
     logger.info("pairs: %d of %d answers broke their mode (%s of %s per mode) in %.0f s; wrote %s", len(pairs),

@@ -146,3 +146,48 @@ def test_a_stage_may_train_auto_think_alone_but_not_lose_a_manual_mode():
     assert len(rows) == 4 and record["rows_per_mode"] == {"think": 0, "no_think": 0, "auto_think": 4}
     with pytest.raises(UserError, match="no no_think rows left"):
         data.stage_dataset("rlvr", "prompts", script(mode="think"), None, seed=0, max_length=None)
+
+
+def test_route_labels_each_question_by_the_checkpoints_direct_answer(tiny_model_dir, tmp_path):
+    """`posttrain route`: a right /no_think answer makes a direct row, a wrong one a thought; SFT then reads the
+    file with each row keeping its choice (no coin), the flag not doubled, and the manual rows mixed as before."""
+    import json
+
+    import yaml
+
+    from posttrain import data, route
+
+    conversations = data.load_conversations([{"name": "arithmetic", "rows": 2, "levels": [3]}],
+                                            no_think_fraction=0.0, seed=0)
+    rows = route.routed_rows(conversations, [{"accuracy": 1.0}, {"accuracy": 0.0}])
+    assert [row["messages"][0] for row in rows] == [{"role": "system", "content": "/auto_think"}] * 2
+    assert "reasoning_content" not in rows[0]["messages"][-1]
+    assert rows[1]["messages"][-1]["reasoning_content"] == conversations[1]["messages"][-1]["reasoning_content"]
+
+    recipe = {"model_name_or_path": str(tiny_model_dir), "output": str(tmp_path / "routes.jsonl"),
+              "datasets": [{"name": "arithmetic", "rows": 6, "levels": [1]}], "max_new_tokens": 4}
+    (tmp_path / "route.yaml").write_text(yaml.safe_dump(recipe))
+    assert route.main(["--config", str(tmp_path / "route.yaml")]) == 0
+    written = [json.loads(line) for line in (tmp_path / "routes.jsonl").read_text().splitlines()]
+    assert len(written) == 6 and all(row["messages"][0]["content"] == "/auto_think" for row in written)
+
+    sources = [{"name": "messages", "path": str(tmp_path / "routes.jsonl")}, {"name": "arithmetic", "rows": 4}]
+    mixed = data.load_conversations(sources, no_think_fraction=0.5, seed=0)
+    assert data.rows_per_mode(mixed) == {"think": 2, "no_think": 2, "auto_think": 6}
+    kept = [row["messages"] for row in mixed if row["mode"] == "auto_think"]
+    assert sorted(bool(m[-1]["reasoning_content"]) for m in kept) == sorted(
+        "reasoning_content" in row["messages"][-1] for row in written)
+    assert all(m[0]["content"] == "/auto_think" for m in kept)
+
+
+def test_an_auto_think_preference_row_is_refused_by_name(tmp_path):
+    import json
+
+    from common.errors import UserError
+    from posttrain import data
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": [{"role": "system", "content": "/auto_think"}, {"role": "user", "content": "1+1?"}],
+                                "chosen": "2", "rejected": "3"}) + "\n")
+    with pytest.raises(UserError, match=r"pairs.jsonl.*row 1.*'prompt\[0\]\.content': /auto_think preference rows"):
+        data.load_preferences([{"name": "preferences", "path": str(path)}], no_think_fraction=0.5, seed=0)

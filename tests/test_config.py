@@ -138,7 +138,7 @@ def test_unknown_command_is_one_line(capsys):
         cli.main(["sftt"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert err.startswith("error: unknown command 'sftt' (commands: midtrain, sft, pairs, dpo,")
+    assert err.startswith("error: unknown command 'sftt' (commands: midtrain, sft, pairs, route, dpo,")
 
 
 # --- recipes/accelerate/*.yaml ------------------------------------------------------------------------------
