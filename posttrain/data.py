@@ -850,7 +850,7 @@ def load_conversations(sources, *, no_think_fraction: float, seed: int, require_
     ds = _with_modes(_combine(sources, adapters, CONVERSATION, seed), no_think_fraction, seed)
     _check_think_reasoning(ds, allow_think_without_reasoning)
     # /auto_think rows that did not flag it themselves (a source's `mode`) show a seeded choice; flagged ones their own
-    auto = [i for i, row in enumerate(ds) if row["mode"] == AUTO_MODE and system_flag(row["messages"]) != AUTO_MODE]
+    auto = [i for i, mode in enumerate(ds["mode"]) if mode == AUTO_MODE and system_flag(ds[i]["messages"]) != AUTO_MODE]
     direct = set(random.Random(f"{seed}/{AUTO_MODE}").sample(auto, round(no_think_fraction * len(auto))))
 
     def render(row, i):

@@ -187,7 +187,7 @@ def test_an_auto_think_preference_row_is_refused_by_name(tmp_path):
     from posttrain import data
 
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"prompt": [{"role": "system", "content": "/auto_think"}, {"role": "user", "content": "1+1?"}],
-                                "chosen": "2", "rejected": "3"}) + "\n")
+    prompt = [{"role": "system", "content": "/auto_think"}, {"role": "user", "content": "1+1?"}]
+    path.write_text(json.dumps({"prompt": prompt, "chosen": "2", "rejected": "3"}) + "\n")
     with pytest.raises(UserError, match=r"pairs.jsonl.*row 1.*'prompt\[0\]\.content': /auto_think preference rows"):
         data.load_preferences([{"name": "preferences", "path": str(path)}], no_think_fraction=0.5, seed=0)
