@@ -995,8 +995,7 @@ def stage_dataset(name: str, kind: str, script, tokenizer, *, seed: int,
     counts = rows_per_mode(dataset)
     limit = "max_prompt_length" if kind == "prompts" else "max_length"
     logger.info("%s: rows per mode %s; dropped as longer than %s=%s: %s", name, counts, limit, max_length, dropped)
-    if any(counts[m] or (dropped or {}).get(m) for m in MODES) or not counts.get(AUTO_MODE):  # not all /auto_think
-        require_modes(counts, script.no_think_fraction, f"{name} datasets")
+    require_modes(counts, script.no_think_fraction, f"{name} datasets", dropped)
     record = {"fingerprint": dataset_fingerprint(dataset), "rows_per_mode": counts, "dropped_per_mode": dropped}
     if kind != "prompts":
         record["think_without_reasoning"] = sum(bool(think_without_reasoning(row)) for row in dataset)
@@ -1009,9 +1008,12 @@ def rows_per_mode(dataset: Dataset) -> dict[str, int]:
     return {mode: counts.get(mode, 0) for mode in ALL_MODES if mode in MODES or counts.get(mode)}
 
 
-def require_modes(counts: dict[str, int], no_think_fraction: float, where: str) -> None:
+def require_modes(counts: dict[str, int], no_think_fraction: float, where: str, dropped: dict | None = None) -> None:
     """Fail when a mode the mixture asks for has no rows left (a model that never sees a /think row trains
-    happily and then never thinks)."""
+    happily and then never thinks). A mixture that never had a /think or /no_think row, all /auto_think (the model
+    picks the mode), asks for neither."""
+    if counts.get(AUTO_MODE) and not any(counts.get(m) or (dropped or {}).get(m) for m in MODES):
+        return
     wanted = [m for m, share in (("think", 1 - no_think_fraction), ("no_think", no_think_fraction)) if share > 0]
     empty = [m for m in wanted if counts.get(m, 0) == 0]
     if empty:

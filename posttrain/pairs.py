@@ -91,16 +91,17 @@ def violation_turn(completion: str, reference: dict) -> dict:
     return {"role": "assistant", "content": answer, "reasoning_content": reasoning}
 
 
-def question_rows(conversations) -> tuple[list[dict], list[dict]]:
+def question_rows(conversations, mode: str | None = None) -> tuple[list[dict], list[dict]]:
     """(prompt rows for `evaluate`, the reference answer of each): the last assistant turn of each conversation is
-    the reference; the turns before it are the prompt, its system message replaced by the mode flag (as in
-    evaluation)."""
+    the reference; the turns before it are the prompt, its system message replaced by the flag of `mode` (default:
+    the row's own mode), as in evaluation."""
     prompts, references = [], []
     for row in conversations:
         *history, reference = row["messages"]
         prompt = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] != "system"]
-        prompts.append({"prompt": [mode_system_message(row["mode"]), *prompt], "answer": reference["content"],
-                        "mode": row["mode"], "level": None, "source": "pairs", "gym": "", "where": row["where"]})
+        asked = mode or row["mode"]
+        prompts.append({"prompt": [mode_system_message(asked), *prompt], "answer": reference["content"],
+                        "mode": asked, "level": None, "source": "pairs", "gym": "", "where": row["where"]})
         references.append({"role": "assistant", "content": reference["content"],
                            "reasoning_content": reference["reasoning_content"]})
     return prompts, references

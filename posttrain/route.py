@@ -26,17 +26,15 @@ class RouteArguments(pairs.AskArguments):
     reasoning, is what a thought row shows."""
 
 
-def routed_rows(conversations, samples: list[dict]) -> list[dict]:
-    """A `messages` row per conversation, flagged /auto_think: the reply without its reasoning where the sample
-    (the checkpoint's /no_think answer) was right, with it where it was wrong."""
+def routed_rows(prompts: list[dict], references: list[dict], samples: list[dict]) -> list[dict]:
+    """A `messages` row per question (`pairs.question_rows`), flagged /auto_think: the reference reply without its
+    reasoning where the sample (the checkpoint's /no_think answer) was right, with it where it was wrong."""
     rows = []
-    for row, sample in zip(conversations, samples, strict=True):
-        *history, reference = row["messages"]
+    for prompt, reference, sample in zip(prompts, references, samples, strict=True):
         reply = {"role": "assistant", "content": reference["content"]}
         if not sample["accuracy"] and reference["reasoning_content"]:
             reply["reasoning_content"] = reference["reasoning_content"]
-        turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] != "system"]
-        rows.append({"messages": [mode_system_message(AUTO_MODE), *turns, reply]})
+        rows.append({"messages": [mode_system_message(AUTO_MODE), *prompt["prompt"][1:], reply]})
     return rows
 
 
@@ -48,11 +46,9 @@ def main(argv):
     if args is None:
         return 0
     conversations = data.load_conversations(args.datasets, no_think_fraction=0.0, seed=args.seed)  # keep reasoning
-    prompts, _ = pairs.question_rows(conversations)
-    prompts = [{**p, "prompt": [mode_system_message("no_think"), *p["prompt"][1:]], "mode": "no_think"}
-               for p in prompts]
+    prompts, references = pairs.question_rows(conversations, mode="no_think")
     result = pairs.ask(args, prompts)
-    rows = routed_rows(conversations, result["samples"])
+    rows = routed_rows(prompts, references, result["samples"])
     pairs.write_rows(args.output, rows)
     direct = sum("reasoning_content" not in row["messages"][-1] for row in rows)
     logger.info("route: %d of %d questions answered right without thinking (direct rows), %d thought, in %.0f s; "

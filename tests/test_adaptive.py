@@ -155,11 +155,12 @@ def test_route_labels_each_question_by_the_checkpoints_direct_answer(tiny_model_
 
     import yaml
 
-    from posttrain import data, route
+    from posttrain import data, pairs, route
 
     conversations = data.load_conversations([{"name": "arithmetic", "rows": 2, "levels": [3]}],
                                             no_think_fraction=0.0, seed=0)
-    rows = route.routed_rows(conversations, [{"accuracy": 1.0}, {"accuracy": 0.0}])
+    asked, references = pairs.question_rows(conversations, mode="no_think")
+    rows = route.routed_rows(asked, references, [{"accuracy": 1.0}, {"accuracy": 0.0}])
     assert [row["messages"][0] for row in rows] == [{"role": "system", "content": "/auto_think"}] * 2
     assert "reasoning_content" not in rows[0]["messages"][-1]
     assert rows[1]["messages"][-1]["reasoning_content"] == conversations[1]["messages"][-1]["reasoning_content"]
