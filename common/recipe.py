@@ -27,6 +27,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from common.errors import UserError
+from common.hardware import AUTO
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):
@@ -330,7 +331,9 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], defaults:
             dc, f = fields[key]
             tp = hints[dc][key]
             if values is overrides:
-                value = _from_command_line(value, tp)
+                value = _from_command_line(value, str if value == ["auto"] and key in AUTO else tp)
+            if value == "auto" and key in AUTO:
+                value = AUTO[key]()
             if key == "resume_from_checkpoint" and isinstance(value, bool):
                 value = str(value).lower()  # true/false besides a path; TrainingArguments types it as a str
             ok, value = _fits(value, tp)

@@ -88,7 +88,10 @@ def cpu_defaults() -> dict:
     applies when the new name is unset, so on CPU it would lose to this default."""
     if torch.cuda.is_available():
         return {}
-    return {"bf16": False, "activation_checkpointing": False, "dataloader_pin_memory": False}
+    defaults = {"bf16": False, "activation_checkpointing": False, "dataloader_pin_memory": False}
+    # With no accelerator at all, say so: TrainingArguments then accepts `bf16: true` (CPU autocast) instead of
+    # refusing it for want of a GPU.
+    return defaults if torch.accelerator.is_available() else {**defaults, "use_cpu": True}
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str], prog: str, defaults: dict | None = None):

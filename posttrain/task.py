@@ -10,7 +10,12 @@ hardest level is where /think should clearly beat /no_think. For 478+65:
     874+560          operands reversed, the shorter one padded with zeros
     8+5+0=3 c1       column digits + carry in = result digit, carry out
     7+6+1=4 c1
-    4+0+1=5 c0       -> \\boxed{543}
+    4+0+1=5 c0       -> \\boxed{543}: the result digits read back up
+
+A last carry gets a column of its own (99+92: `9+2+0=1 c1`, `9+9+1=9 c1`, `0+0+1=1 c0` -> 191), so the answer is
+always the result digits read back, one per line. Without that line the model had to prepend the carry itself, and
+that was most of what it got wrong: after SFT, 21 of 36 held-out additions with a last carry (answer a digit longer
+than the operands) were wrong, against 0 of 75 without one.
 
 Every line has the same width, so the carry a line needs sits at a fixed distance back. Subtraction is the
 same with borrows (`3-8-0=5 b1`). The tokenizer splits digits, so every character is a token: level 3
@@ -90,7 +95,8 @@ def solve(a: int, op: str, b: int) -> tuple[str, str]:
         lines.append(f"{x}{op}{y}{op}{carry}={digit} {flag}{carry_out}")
         digits.append(str(digit))
         carry = carry_out
-    if carry:  # a last carry (addition only: a >= b leaves no last borrow) is the leading digit
+    if carry:  # a last carry (addition only: a >= b leaves no last borrow) gets a column of its own
+        lines.append(f"0{op}0{op}1=1 {flag}0")
         digits.append("1")
     return "\n".join(lines), str(int("".join(reversed(digits))))
 

@@ -65,6 +65,20 @@ def test_command_line_beats_recipe(tmp_path):
     assert script.dataset_path == "b.jsonl"  # dashes read as underscores
 
 
+def test_auto_precision_is_resolved_for_this_machine_before_type_checks():
+    from common.hardware import bf16_pays
+    from pretrain.data import DataConfig
+    from pretrain.train import TrainConfig
+
+    path = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "pretrain.yaml")  # mixed_precision: auto
+    _, train = parse_recipe([DataConfig, TrainConfig], ["--config", path])
+    assert train.mixed_precision == ("bf16" if bf16_pays() else "no")
+    _, train = parse_recipe([DataConfig, TrainConfig], ["--config", path, "--mixed_precision", "fp16"])
+    assert train.mixed_precision == "fp16"
+    with pytest.raises(UserError, match="'mixed_precision' must be"):
+        parse_recipe([DataConfig, TrainConfig], ["--config", path, "--mixed_precision", "fastest"])
+
+
 @pytest.mark.parametrize(
     "argv, key, expected",
     [

@@ -62,8 +62,9 @@ def test_cpu_defaults_sit_under_the_recipe(tmp_path):
     _, training, _ = _parse(sft, _argv(tmp_path, "a"))
     assert training.bf16 is False and training.activation_checkpointing is False
     assert training.assistant_only_loss is True  # the SFT stage default
-    _, training, _ = _parse(sft, _argv(tmp_path, "b", activation_checkpointing=True, dataloader_pin_memory=True))
-    assert training.activation_checkpointing is True and training.dataloader_pin_memory is True  # the recipe wins
+    assert training.use_cpu is not torch.accelerator.is_available()  # which lets a recipe ask for CPU bf16 autocast
+    _, training, _ = _parse(sft, _argv(tmp_path, "b", activation_checkpointing=True, bf16=True))
+    assert training.activation_checkpointing is True and training.bf16 is True  # the recipe wins
 
 
 @pytest.mark.parametrize("name", ["midtrain", "sft", "dpo"])
@@ -173,6 +174,38 @@ def test_padding_free_sft_trains_the_padded_losses_and_still_drops_overlong_rows
         run.out.abandon()
     # padding-free batches are one flat row with restarting positions: block-diagonal attention, the same loss
     assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+@pytest.mark.parametrize("module", [sft, midtrain])
+def test_token_metrics_off_trains_the_same_losses_and_logs_the_loss_only(tmp_path, tiny_model_dir, module):
+    logs = {}
+    for metrics in (True, False):
+        argv = _argv(tmp_path, f"m{metrics}", model_name_or_path=str(tiny_model_dir), token_metrics=metrics)
+        run = sft.build(module.__name__.split(".")[-1], *_parse(module, argv))
+        run.trainer.train()
+        logs[metrics] = [log for log in run.trainer.state.log_history if "loss" in log]
+        run.out.abandon()
+    assert {"entropy", "mean_token_accuracy"} <= set(logs[True][0])
+    assert not {"entropy", "mean_token_accuracy"} & set(logs[False][0])
+    # the model's own loss over the same labels (padded rows for sft, packed documents for midtrain)
+    assert [log["loss"] for log in logs[False]] == pytest.approx([log["loss"] for log in logs[True]], rel=1e-4)
+
+
+def test_bf16_auto_is_this_machines_choice_and_bf16_trains_on_cpu(tmp_path, tiny_model_dir):
+    from common.hardware import bf16_pays
+
+    _, training, _ = _parse(sft, _argv(tmp_path, "auto", bf16="auto"))
+    assert training.bf16 is bf16_pays()
+    _, training, _ = _parse(sft, _argv(tmp_path, "cli") + ["--bf16", "auto"])
+    assert training.bf16 is bf16_pays()
+    losses = {}
+    for bf16 in (False, True):  # autocast on CPU (emulated, and slow, where the CPU has no bf16 units)
+        argv = _argv(tmp_path, f"bf{bf16}", model_name_or_path=str(tiny_model_dir), bf16=bf16)
+        run = sft.build("sft", *_parse(sft, argv))
+        run.trainer.train()
+        losses[bf16] = [log["loss"] for log in run.trainer.state.log_history if "loss" in log]
+        run.out.abandon()
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=2e-2)
 
 
 # --------------------------------------------------------------------------------------- output discipline

@@ -51,16 +51,17 @@ def test_trace_restates_operands_reversed_and_every_column_line_is_right(problem
         first, *columns = p.reasoning.split("\n")
         width = max(len(str(a)), len(str(b)))
         assert first == f"{str(a).zfill(width)[::-1]}{op}{str(b).zfill(width)[::-1]}"
-        assert len(columns) == width
         carry, digits = 0, []
-        for x, y, line in zip(first.split(op)[0], first.split(op)[1], columns):
+        # a last carry is one more column, of zeros
+        assert len(columns) == width + (len(p.answer) > width)
+        for x, y, line in zip(first.split(op)[0] + "0", first.split(op)[1] + "0", columns):
             m = re.fullmatch(rf"(\d)\{op}(\d)\{op}([01])=(\d) [cb]([01])", line)
             assert m and m.group(1, 2) == (x, y) and int(m.group(3)) == carry, (p.reasoning, line)
             value = int(x) + int(y) + carry if op == "+" else int(x) - int(y) - carry
             assert int(m.group(4)) == value % 10 and int(m.group(5)) == int(not 0 <= value <= 9), line
             carry, digits = int(m.group(5)), digits + [m.group(4)]
-        # the answer is the column digits read back most-significant first, with the last carry in front
-        assert p.answer == str(int(("1" if carry else "") + "".join(reversed(digits))))
+        # the answer is the column digits read back, most-significant first; no carry is left over
+        assert carry == 0 and p.answer == str(int("".join(reversed(digits))))
 
 
 def test_splits_never_share_a_problem_across_seeds_and_wordings(problems):
