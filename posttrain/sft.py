@@ -41,7 +41,7 @@ class SFTScriptArguments(stage.StageArguments):
     token_metrics: bool = field(
         default=True,
         metadata={"help": "Log TRL's per-step `entropy` and `mean_token_accuracy`. false: train on the model's own "
-                  "loss (the same value) and log the loss only, which on CPU makes a tiny model's step 1.14x faster "
+                  "loss (the same value) and log the loss only, which on CPU makes a tiny model's step 1.11x faster "
                   "(bench/sft_step.py)."},
     )
 
