@@ -330,10 +330,10 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], defaults:
                 raise UserError(f"{origin}: unknown recipe key {key!r}{hint}")
             dc, f = fields[key]
             tp = hints[dc][key]
-            if values is overrides:
-                value = _from_command_line(value, str if value == ["auto"] and key in AUTO else tp)
-            if value == "auto" and key in AUTO:
+            if key in AUTO and value in ("auto", ["auto"]):  # the recipe's or the command line's `auto`
                 value = AUTO[key]()
+            elif values is overrides:
+                value = _from_command_line(value, tp)
             if key == "resume_from_checkpoint" and isinstance(value, bool):
                 value = str(value).lower()  # true/false besides a path; TrainingArguments types it as a str
             ok, value = _fits(value, tp)

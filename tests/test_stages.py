@@ -176,12 +176,12 @@ def test_padding_free_sft_trains_the_padded_losses_and_still_drops_overlong_rows
     assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
-@pytest.mark.parametrize("module", [sft, midtrain])
-def test_token_metrics_off_trains_the_same_losses_and_logs_the_loss_only(tmp_path, tiny_model_dir, module):
+@pytest.mark.parametrize("name, module", [("sft", sft), ("midtrain", midtrain)])
+def test_token_metrics_off_trains_the_same_losses_and_logs_the_loss_only(tmp_path, tiny_model_dir, name, module):
     logs = {}
     for metrics in (True, False):
         argv = _argv(tmp_path, f"m{metrics}", model_name_or_path=str(tiny_model_dir), token_metrics=metrics)
-        run = sft.build(module.__name__.split(".")[-1], *_parse(module, argv))
+        run = sft.build(name, *_parse(module, argv))
         run.trainer.train()
         logs[metrics] = [log for log in run.trainer.state.log_history if "loss" in log]
         run.out.abandon()
