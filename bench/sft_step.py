@@ -7,7 +7,9 @@ The bare loop trains a fresh copy of the same model on batches pre-collated by t
 and padding): forward with labels (the model's own loss), backward, grad-norm clipping at 1.0, torch AdamW, nothing
 else. `posttrain` runs the real stage (recipe parsing, data adapters, TRL's SFTTrainer, collation every step) with
 recipes/tiny/sft.yaml's data, batch and learning rate and the stage's defaults; each lever is one change to that;
-`tiny_recipe` is what recipes/tiny/sft.yaml ships (`token_metrics: false`, `bf16: auto`). Variants are timed in
+`tiny_recipe` is what recipes/tiny/sft.yaml ships (`token_metrics: false`, `bf16: auto`, and each step's rows in two
+micro-batches split by length, `batch_rebalance`: the same number of rows per step as the bare loop's random
+batches, with less padding, which the bare loop does not get). Variants are timed in
 alternating rounds and each one's fastest round (median seconds per step, first step left out) is kept, so load from
 other processes inflates none of them. `vs_bare` = bare seconds per step / the variant's: above 1.0 the variant
 trains faster than the hand-written loop. `collate_s` is what the trainer's dataloader takes per batch, a cost the
@@ -38,15 +40,20 @@ sys.path.insert(0, str(ROOT))
 
 from posttrain import sft, stage  # noqa: E402
 
-# One change each against the stage's defaults (TRL's SFTTrainer as it comes).
-LEVERS = {
-    "token_metrics_off": {"token_metrics": "false"},
-    "bf16_autocast": {"bf16": "true"},
-    "torch_compile": {"torch_compile": "true"},
-    "adamw_for_loop": {"optim": "adamw_torch"},  # TRL's default is adamw_torch_fused
-    "dataloader_workers_1": {"dataloader_num_workers": "1"},
-    "tiny_recipe": {"token_metrics": "false", "bf16": "auto"},
-}
+
+def levers(batch: int) -> dict[str, dict[str, str]]:
+    """One change each against the stage's defaults (TRL's SFTTrainer as it comes), for steps of `batch` rows."""
+    rebalance = {"per_device_train_batch_size": str(batch // 2), "gradient_accumulation_steps": "2",
+                 "train_sampling_strategy": "batch_rebalance"}  # the same rows per step, split by length
+    return {
+        "token_metrics_off": {"token_metrics": "false"},
+        "bf16_autocast": {"bf16": "true"},
+        "torch_compile": {"torch_compile": "true"},
+        "adamw_for_loop": {"optim": "adamw_torch"},  # TRL's default is adamw_torch_fused
+        "dataloader_workers_1": {"dataloader_num_workers": "1"},
+        "batch_rebalance": rebalance,
+        "tiny_recipe": {"token_metrics": "false", "bf16": "auto", **rebalance},
+    }
 
 
 def bare_loop(model_dir: str, batches: list[dict], lr: float) -> float:
@@ -72,7 +79,7 @@ def main():
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, of: {', '.join(LEVERS)}")
+    parser.add_argument("--levers", default=",".join(levers(64)), help=f"comma-separated, of: {', '.join(levers(64))}")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sft_step_"))
     model_dir = args.model or str(tiny_model(work / "model"))
@@ -108,7 +115,7 @@ def main():
     collate_s = (time.perf_counter() - start) / len(batches)
     variants = {"bare": lambda: bare_loop(model_dir, batches, recipe["learning_rate"]), "posttrain": timed}
     for name in filter(None, args.levers.split(",")):
-        variants[name] = lambda overrides=LEVERS[name]: timed(**overrides)
+        variants[name] = lambda overrides=levers(args.batch)[name]: timed(**overrides)
     rounds = {name: [] for name in variants}
     for round_ in range(args.rounds):
         for name, run in variants.items():

@@ -191,6 +191,26 @@ def test_token_metrics_off_trains_the_same_losses_and_logs_the_loss_only(tmp_pat
     assert [log["loss"] for log in logs[False]] == pytest.approx([log["loss"] for log in logs[True]], rel=1e-4)
 
 
+@pytest.mark.parametrize("metrics", [True, False])
+def test_rebalanced_micro_batches_take_one_batchs_step(tmp_path, tiny_model_dir, metrics):
+    """The tiny SFT recipe has transformers' `batch_rebalance` sampler split each step's rows into two micro-batches
+    by length: the step's loss and gradient must stay one batch's (each micro-batch's summed loss divided by the
+    whole step's label tokens), whichever loss the stage computes."""
+    rows = [{"name": "arithmetic", "split": "train", "rows": 8, "levels": [1, 2, 3]}]  # one step, lengths differ
+    logs = {}
+    for name, keys in {"one": {"per_device_train_batch_size": 8},
+                       "split": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+                                 "train_sampling_strategy": "batch_rebalance"}}.items():
+        argv = _argv(tmp_path, f"{name}{metrics}", model_name_or_path=str(tiny_model_dir), datasets=rows, max_steps=1,
+                     token_metrics=metrics, **keys)
+        run = sft.build("sft", *_parse(sft, argv))
+        run.trainer.train()
+        logs[name] = next(log for log in run.trainer.state.log_history if "loss" in log)
+        run.out.abandon()
+    assert logs["split"]["loss"] == pytest.approx(logs["one"]["loss"], rel=1e-4)
+    assert logs["split"]["grad_norm"] == pytest.approx(logs["one"]["grad_norm"], rel=1e-3)
+
+
 def test_bf16_auto_is_this_machines_choice_and_bf16_trains_on_cpu(tmp_path, tiny_model_dir):
     from common.hardware import bf16_pays
 
