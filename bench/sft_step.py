@@ -79,8 +79,13 @@ def main():
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--levers", default=",".join(levers(64)), help=f"comma-separated, of: {', '.join(levers(64))}")
+    known = ", ".join(levers(64))
+    parser.add_argument("--levers", default=known.replace(" ", ""), help=f"comma-separated, of: {known}")
     args = parser.parse_args()
+    chosen = [name for name in args.levers.split(",") if name]
+    unknown = [name for name in chosen if name not in levers(args.batch)]
+    if unknown:
+        parser.error(f"--levers: unknown lever {unknown[0]!r} (known: {known})")
     work = Path(tempfile.mkdtemp(prefix="sft_step_"))
     model_dir = args.model or str(tiny_model(work / "model"))
     # recipes/tiny/sft.yaml's settings (its rows, instructions, batch and learning rate)
@@ -114,7 +119,7 @@ def main():
     batches = [next(loader) for _ in range(args.steps + 1)]
     collate_s = (time.perf_counter() - start) / len(batches)
     variants = {"bare": lambda: bare_loop(model_dir, batches, recipe["learning_rate"]), "posttrain": timed}
-    for name in filter(None, args.levers.split(",")):
+    for name in chosen:
         variants[name] = lambda overrides=levers(args.batch)[name]: timed(**overrides)
     rounds = {name: [] for name in variants}
     for round_ in range(args.rounds):

@@ -605,10 +605,10 @@ def _combine(sources, adapters: dict[str, Adapter], features: Features, seed: in
                             if source.kind == "jsonl" else f"{source.label}: no rows")
         parts.append((source, rows))
     if parts[0][0].weight is not None:
-        rows = mix([(rows, s.weight) for s, rows in parts], sum(len(rows) for _, rows in parts), seed)
+        combined = mix([(part, s.weight) for s, part in parts], sum(len(part) for _, part in parts), seed)
     else:
-        rows = [row for _, rows in parts for row in rows]
-    return Dataset.from_list(rows, features=features)
+        combined = [row for _, part in parts for row in part]
+    return Dataset.from_list(combined, features=features)
 
 
 def _with_modes(ds: Dataset, no_think_fraction: float, seed: int) -> Dataset:
