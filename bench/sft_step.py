@@ -7,13 +7,14 @@ The bare loop trains a fresh copy of the same model on batches pre-collated by t
 and padding): forward with labels (the model's own loss), backward, grad-norm clipping at 1.0, torch AdamW, nothing
 else. `posttrain` runs the real stage (recipe parsing, data adapters, TRL's SFTTrainer, collation every step) with
 recipes/tiny/sft.yaml's data, batch and learning rate and the stage's defaults; each lever is one change to that;
-`tiny_recipe` is what recipes/tiny/sft.yaml ships (`token_metrics: false`, `bf16: auto`, and each step's rows in two
-micro-batches split by length, `batch_rebalance`: the same number of rows per step as the bare loop's random
-batches, with less padding, which the bare loop does not get). Variants are timed in
-alternating rounds and each one's fastest round (median seconds per step, first step left out) is kept, so load from
-other processes inflates none of them. `vs_bare` = bare seconds per step / the variant's: above 1.0 the variant
-trains faster than the hand-written loop. `collate_s` is what the trainer's dataloader takes per batch, a cost the
-bare loop does not pay.
+`tiny_recipe` is what recipes/tiny/sft.yaml ships (`token_metrics: false`, `bf16: auto`, `attn_implementation:
+auto`, i.e. eager where bf16 autocasts, and each step's rows in two micro-batches split by length,
+`batch_rebalance`: the same number of rows per step as the bare loop's random batches, with less padding, which the
+bare loop does not get); `tiny_recipe_sdpa` is the same with sdpa attention. Variants are timed in alternating
+rounds and each one's fastest round (median seconds per step, first step left out) is kept, so load from other
+processes inflates none of them. `vs_bare` = bare seconds per step / the variant's: above 1.0 the variant trains
+faster than the hand-written loop. `collate_s` is what the trainer's dataloader takes per batch, a cost the bare
+loop does not pay.
 
 Without --model a random-init `tiny` model with a 1,024-token BPE is built in a temporary directory. The last line
 printed is one JSON object with every figure.
@@ -42,9 +43,11 @@ from posttrain import sft, stage  # noqa: E402
 
 
 def levers(batch: int) -> dict[str, dict[str, str]]:
-    """One change each against the stage's defaults (TRL's SFTTrainer as it comes), for steps of `batch` rows."""
+    """One change each against the stage's defaults (TRL's SFTTrainer as it comes), then recipes/tiny/sft.yaml's
+    settings whole and with sdpa instead of eager attention, for steps of `batch` rows."""
     rebalance = {"per_device_train_batch_size": str(batch // 2), "gradient_accumulation_steps": "2",
                  "train_sampling_strategy": "batch_rebalance"}  # the same rows per step, split by length
+    recipe = {"token_metrics": "false", "bf16": "auto", "attn_implementation": "auto", **rebalance}
     return {
         "token_metrics_off": {"token_metrics": "false"},
         "bf16_autocast": {"bf16": "true"},
@@ -52,7 +55,9 @@ def levers(batch: int) -> dict[str, dict[str, str]]:
         "adamw_for_loop": {"optim": "adamw_torch"},  # TRL's default is adamw_torch_fused
         "dataloader_workers_1": {"dataloader_num_workers": "1"},
         "batch_rebalance": rebalance,
-        "tiny_recipe": {"token_metrics": "false", "bf16": "auto", **rebalance},
+        "eager_attention": {"attn_implementation": "eager"},
+        "tiny_recipe": recipe,
+        "tiny_recipe_sdpa": recipe | {"attn_implementation": "sdpa"},  # `auto` picks eager under CPU bf16 autocast
     }
 
 

@@ -88,7 +88,11 @@ class TrainConfig:
         default_factory=dict,
         metadata={"help": "SmolLM3Config fields that override the preset, e.g. {num_hidden_layers: 2}."},
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2."})
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "sdpa, eager, flash_attention_2, or auto: eager on a CPU with native bf16 (its sdpa kernel "
+                  "is slow under bf16 autocast), else sdpa (common/hardware.py)."},
+    )
     micro_batch_size: int = field(default=8, metadata={"help": "Rows per forward pass on each process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     global_batch_tokens: int | None = field(

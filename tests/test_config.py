@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from trl import ModelConfig, SFTConfig
 
 from common.errors import UserError
@@ -73,6 +74,7 @@ def test_auto_precision_is_resolved_for_this_machine_before_type_checks():
     path = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "pretrain.yaml")  # mixed_precision: auto
     _, train = parse_recipe([DataConfig, TrainConfig], ["--config", path])
     assert train.mixed_precision == ("bf16" if bf16_pays() else "no")
+    assert train.attn_implementation == ("eager" if bf16_pays() and not torch.cuda.is_available() else "sdpa")
     _, train = parse_recipe([DataConfig, TrainConfig], ["--config", path, "--mixed_precision", "fp16"])
     assert train.mixed_precision == "fp16"
     with pytest.raises(UserError, match="'mixed_precision' must be"):

@@ -39,14 +39,13 @@ def test_builtin_generators_by_name():
     assert len(docs) == 3 and "\\boxed{" in docs[0]
 
 
-def install_plugin(tmp_path, monkeypatch, entry_points: str) -> None:
+def install_plugin(tmp_path, monkeypatch, entry_points: str, module: str = "my_generators",
+                   code: str = "def shouting(n):\n    return [f'HELLO {i}!' for i in range(n)]\n") -> None:
     """What `pip install` of a plugin leaves on sys.path: a module and a dist-info with its entry points."""
-    (tmp_path / "my_generators.py").write_text(
-        "def shouting(n):\n    return [f'HELLO {i}!' for i in range(n)]\n"
-    )
-    info = tmp_path / "my_generators-1.0.dist-info"
+    (tmp_path / f"{module}.py").write_text(code)
+    info = tmp_path / f"{module}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-generators\nVersion: 1.0\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(entry_points)
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -56,6 +55,20 @@ def test_an_installed_plugin_adds_a_generator(tmp_path, monkeypatch):
     data = data_config({"name": "s", "type": "generator", "generator": "shouting", "kwargs": {"n": 2}})
     assert list(iter_documents(data.source_list[0])) == ["HELLO 0!", "HELLO 1!"]
     assert source_fingerprint(data.source_list[0])["code"]  # the plugin's code, as a resumed run compares it
+
+
+def test_a_generators_list_is_made_once_per_process_and_a_lazy_one_each_read(tmp_path, monkeypatch):
+    """A run reads each source three times (input check, tokenizer, token files)."""
+    install_plugin(tmp_path, monkeypatch, "[posttrain.generators]\nlisted = counted:listed\nlazy = counted:lazy\n",
+                   module="counted", code="calls = []\n"
+                   "def listed(n):\n    calls.append('listed')\n    return [f'doc {i}' for i in range(n)]\n"
+                   "def lazy(n):\n    calls.append('lazy')\n    yield from (f'doc {i}' for i in range(n))\n")
+    import counted
+
+    for name in ("listed", "lazy"):
+        source = data_config({"name": "s", "type": "generator", "generator": name, "kwargs": {"n": 2}}).source_list[0]
+        assert [list(iter_documents(source)) for _ in range(3)] == [["doc 0", "doc 1"]] * 3
+    assert counted.calls == ["listed"] + ["lazy"] * 3
 
 
 def test_a_plugin_cannot_replace_a_builtin_generator(tmp_path, monkeypatch):

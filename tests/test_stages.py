@@ -212,16 +212,19 @@ def test_rebalanced_micro_batches_take_one_batchs_step(tmp_path, tiny_model_dir,
 
 
 def test_bf16_auto_is_this_machines_choice_and_bf16_trains_on_cpu(tmp_path, tiny_model_dir):
-    from common.hardware import bf16_pays
+    from common.hardware import attention_kernel, bf16_pays
 
-    _, training, _ = _parse(sft, _argv(tmp_path, "auto", bf16="auto"))
+    _, training, model_args = _parse(sft, _argv(tmp_path, "auto", bf16="auto", attn_implementation="auto"))
     assert training.bf16 is bf16_pays()
+    assert model_args.attn_implementation == attention_kernel() == ("eager" if training.bf16 else "sdpa")
     _, training, _ = _parse(sft, _argv(tmp_path, "cli") + ["--bf16", "auto"])
     assert training.bf16 is bf16_pays()
     losses = {}
     for bf16 in (False, True):  # autocast on CPU (emulated, and slow, where the CPU has no bf16 units)
-        argv = _argv(tmp_path, f"bf{bf16}", model_name_or_path=str(tiny_model_dir), bf16=bf16)
+        argv = _argv(tmp_path, f"bf{bf16}", model_name_or_path=str(tiny_model_dir), bf16=bf16,
+                     attn_implementation="auto")
         run = sft.build("sft", *_parse(sft, argv))
+        assert run.trainer.model.config._attn_implementation == attention_kernel()
         run.trainer.train()
         losses[bf16] = [log["loss"] for log in run.trainer.state.log_history if "loss" in log]
         run.out.abandon()
