@@ -243,7 +243,7 @@ def check_source(source: CorpusSource) -> None:
 
 # A generator's documents when it returns them all at once (a list or tuple), kept for the process: a run reads each
 # source three times (input check, tokenizer, token files) and the tiny recipe's 60,000 arithmetic documents take
-# ~1.4 s to make. One that yields lazily is called each time (kept, it could exceed memory).
+# ~1.4 s to make. One that yields lazily is called on each read: keeping its documents could exceed memory.
 _GENERATED: dict[tuple[str, str], list | tuple] = {}
 
 
