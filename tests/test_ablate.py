@@ -168,7 +168,7 @@ def test_refusals_name_the_recipe_and_arm(tmp_path, tiny_model_dir):
     assert "eval:" in _refusal(tmp_path, tiny_model_dir, {"baseline": {}}, eval={"max_new_token": 8})
 
 
-@pytest.mark.parametrize("name", ["dpo", "rlvr", "rlvr_headroom", "sft_loss"])
+@pytest.mark.parametrize("name", ["dpo", "rlvr", "rlvr_headroom", "sft_loss", "sft_fp32"])
 def test_shipped_tiny_ablations_pass_every_check(name, tmp_path):
     config = f"recipes/tiny/ablations/{name}.yaml"
     (args,) = parse_recipe([ablate.AblationArguments], ["--config", str(ROOT / config)])
