@@ -118,9 +118,9 @@ def _sample(rng: random.Random, level: int) -> tuple[int, str, int, str, str]:
 
 
 def generate(split: str, n: int, seed: int = 0, levels: Sequence[int] = (1, 2, 3)) -> list[Problem]:
-    """`n` distinct problems of `split`, balanced across `levels` (the first levels take the remainder),
-    shuffled; the same arguments give the same list. Each level draws from its own seeded stream, so asking
-    for more rows extends a level's problems rather than replacing them."""
+    """`n` distinct problems of `split`, balanced across `levels` (the first levels take the remainder; a level
+    listed twice takes two shares), shuffled; the same arguments give the same list. Each level draws from its own
+    seeded stream, so asking for more rows extends a level's problems rather than replacing them."""
     if split not in SPLITS:
         raise UserError(f"arithmetic split {split!r} is not one of {', '.join(SPLITS)}")
     levels = list(levels)
