@@ -10,16 +10,21 @@ hardest level is where /think should clearly beat /no_think. For 478+65:
     874+560          operands reversed, the shorter one padded with zeros
     8+5+0=3 c1       column digits + carry in = result digit, carry out
     7+6+1=4 c1
-    4+0+1=5 c0       -> \\boxed{543}: the result digits read back up
+    4+0+1=5 c0
+    =543             the result digits read back up, every one   -> \\boxed{543}
 
 A last carry gets a column of its own (99+92: `9+2+0=1 c1`, `9+9+1=9 c1`, `0+0+1=1 c0` -> 191), so the answer is
 always the result digits read back, one per line. Without that line the model had to prepend the carry itself, and
 that was most of what it got wrong: after SFT, 21 of 36 held-out additions with a last carry (answer a digit longer
-than the operands) were wrong, against 0 of 75 without one.
+than the operands) were wrong, against 0 of 75 without one. The read-back line keeps a subtraction's leading zeros
+(1516-985: `=0531` -> \\boxed{531}): reading the columns back while skipping the top zeros was what the model then
+got wrong: after SFT, 8 of its 9 wrong held-out /think answers (all 4 at level 3) were such subtractions, which are
+11 of the 300 questions. With the line the answer copies it without its leading zeros: 0 of the 11 wrong in three
+whole-pipeline runs.
 
 Every line has the same width, so the carry a line needs sits at a fixed distance back. Subtraction is the
 same with borrows (`3-8-0=5 b1`). The tokenizer splits digits, so every character is a token: level 3
-(3-4 digit operands) costs ~50 trace tokens.
+(3-4 digit operands) takes ~66 tokens to answer under /think (at most 80).
 
 Splits: a problem's split is a hash of its arithmetic (`a+b` with operands sorted, `a-b`), independent of the
 seed and of the wording, so no train problem shows up in validation or test under any seed or template.
@@ -98,7 +103,9 @@ def solve(a: int, op: str, b: int) -> tuple[str, str]:
     if carry:  # a last carry (addition only: a >= b leaves no last borrow) gets a column of its own
         lines.append(f"0{op}0{op}1=1 {flag}0")
         digits.append("1")
-    return "\n".join(lines), str(int("".join(reversed(digits))))
+    readback = "".join(reversed(digits))
+    lines.append(f"={readback}")
+    return "\n".join(lines), str(int(readback))
 
 
 def _operand(rng: random.Random, lo: int, hi: int) -> int:
