@@ -19,7 +19,7 @@ that was most of what it got wrong: after SFT, 21 of 36 held-out additions with 
 than the operands) were wrong, against 0 of 75 without one. The read-back line keeps a subtraction's leading zeros
 (1516-985: `=0531` -> \\boxed{531}): reading the columns back while skipping the top zeros was what the model then
 got wrong: after SFT, 8 of its 9 wrong held-out /think answers (all 4 at level 3) were such subtractions, which are
-11 of the 300 questions. With the line the answer copies it without its leading zeros: 0 of the 11 wrong in three
+11 of the 300 questions. With the line the answer copies it without its leading zeros: 0 of the 11 wrong in four
 whole-pipeline runs.
 
 Every line has the same width, so the carry a line needs sits at a fixed distance back. Subtraction is the
