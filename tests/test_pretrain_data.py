@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, SmolLM3ForCausalLM
+from transformers import SmolLM3ForCausalLM
 
 from common.errors import UserError
 from pretrain.data import Curriculum, DataConfig, PackedLoader, open_sources, parse_count, prepare
